@@ -1,0 +1,42 @@
+"""ckpt: crash-safe, exact-resume training checkpoints in plain HDF5."""
+
+import logging as _logging
+
+from ckpt._version import __version__
+from ckpt.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    LockTimeoutError,
+    StateMismatchError,
+    StepExistsError,
+    UnsupportedTypeError,
+)
+from ckpt.files import load, load_metadata, save
+from ckpt.manager import CheckpointManager
+from ckpt.policies import AnyOf, KeepAll, KeepBest, KeepEvery, KeepLast, Policy, StepInfo
+
+__all__ = [
+    "__version__",
+    "save",
+    "load",
+    "load_metadata",
+    "CheckpointManager",
+    "KeepLast",
+    "KeepEvery",
+    "KeepBest",
+    "KeepAll",
+    "AnyOf",
+    "Policy",
+    "StepInfo",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "StateMismatchError",
+    "UnsupportedTypeError",
+    "StepExistsError",
+    "LockTimeoutError",
+]
+
+# a library logs, the application decides where it goes
+_logging.getLogger("ckpt").addHandler(_logging.NullHandler())

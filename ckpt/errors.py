@@ -1,0 +1,147 @@
+"""Exceptions raised by ckpt.
+
+Every error subclasses :class:`CheckpointError` and, where one fits, the matching
+built-in, so ``except FileNotFoundError`` keeps working for callers who do not know
+about ckpt. Each keeps what it names as attributes and survives pickling (errors
+cross process boundaries in multi-process tests and in the async writer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "StateMismatchError",
+    "UnsupportedTypeError",
+    "StepExistsError",
+    "LockTimeoutError",
+    "Mismatch",
+]
+
+
+class CheckpointError(Exception):
+    """Base class of every error ckpt raises on purpose."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint, step or file that was asked for does not exist."""
+
+    def __init__(self, path: str, step: int | None = None, detail: str = "") -> None:
+        self.path = str(path)
+        self.step = step
+        self.detail = detail
+        what = f"step {step} " if step is not None else ""
+        msg = f"checkpoint {what}not found: {self.path}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+    def __reduce__(self):  # keep the attributes when pickled
+        return (type(self), (self.path, self.step, self.detail))
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint failed a checksum or format check; names the file and the key."""
+
+    def __init__(
+        self, path: str, reason: str, key: str | None = None, step: int | None = None
+    ) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.key = key
+        self.step = step
+        where = f" at key {key}" if key is not None else ""
+        what = f"step {step}: " if step is not None else ""
+        super().__init__(f"corrupt checkpoint {what}{self.path}{where}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.key, self.step))
+
+
+class Mismatch(tuple):
+    """One difference between a checkpoint and a template: (key, kind, expected, found)."""
+
+    __slots__ = ()
+
+    def __new__(cls, key: str, kind: str, expected: str, found: str) -> Mismatch:
+        return super().__new__(cls, (key, kind, expected, found))
+
+    key = property(lambda self: self[0])
+    kind = property(lambda self: self[1])
+    expected = property(lambda self: self[2])
+    found = property(lambda self: self[3])
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.kind} (expected {self.expected}, found {self.found})"
+
+
+class StateMismatchError(CheckpointError, ValueError):
+    """The checkpoint does not fit the template; lists every difference at once."""
+
+    def __init__(self, path: str, mismatches: Sequence[tuple[str, str, str, str]]) -> None:
+        self.path = str(path)
+        self.mismatches = [Mismatch(*m) for m in mismatches]
+        lines = "\n".join(f"  {m}" for m in self.mismatches)
+        n = len(self.mismatches)
+        super().__init__(
+            f"checkpoint {self.path} does not match the template ({n} difference"
+            f"{'s' if n != 1 else ''}):\n{lines}"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, [tuple(m) for m in self.mismatches]))
+
+
+class UnsupportedTypeError(CheckpointError, TypeError):
+    """A value in the state cannot be stored; names its key path and type."""
+
+    def __init__(self, key: str, type_name: str, detail: str = "") -> None:
+        self.key = key
+        self.type_name = type_name
+        self.detail = detail
+        msg = f"cannot store value of type {type_name} at key {key}"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.type_name, self.detail))
+
+
+class StepExistsError(CheckpointError, FileExistsError):
+    """A checkpoint for this step is already in the directory."""
+
+    def __init__(self, path: str, step: int) -> None:
+        self.path = str(path)
+        self.step = step
+        super().__init__(
+            f"step {step} already exists: {self.path} "
+            f"(delete it first with CheckpointManager.delete({step}))"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.step))
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class LockTimeoutError(CheckpointError, TimeoutError):
+    """Another writer held the directory's lock for longer than the timeout."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        super().__init__(
+            f"could not take the writer lock {self.path} within {timeout:g} s "
+            "(another process is saving into this directory)"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.timeout))

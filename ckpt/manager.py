@@ -1,0 +1,377 @@
+"""``CheckpointManager``: step-numbered checkpoints in one directory.
+
+Orchestration only: the tree, file format, manifest, filesystem steps and policies
+live in their own modules. The commit protocol (under the writer lock):
+
+1. remove leftovers of crashed writers; refuse a step that exists;
+2. create ``.tmp-step_<N>-...`` next to the final directory;
+3. write ``state.h5`` and fsync it (checksums are computed from memory);
+4. write ``manifest.json``, fsync it, fsync the temporary directory;
+5. rename it to ``step_<N>`` and fsync the directory: the commit;
+6. only then prune: rename each doomed step to ``.trash-...``, fsync, delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ckpt import _failpoints, fsutil, h5format, manifest, template
+from ckpt.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    StateMismatchError,
+    StepExistsError,
+)
+from ckpt.policies import KeepAll, KeepBest, Policy, StepInfo, is_due, retained_steps
+from ckpt.tree import decode_tree, encode_tree, keystr, normalize_keys, select
+
+__all__ = ["CheckpointManager"]
+
+log = logging.getLogger("ckpt")
+
+
+class CheckpointManager:
+    """Save, list, prune and restore step-numbered checkpoints in ``directory``.
+
+    Args:
+        directory: where checkpoints live; created if missing.
+        keep: retention policy (default :class:`~ckpt.KeepAll`); combine with ``|``.
+        save_every: save only steps divisible by this (``save`` of others is a no-op).
+        save_every_seconds: save when this long has passed since the last save.
+        async_save: stage the state in memory and write it in the background.
+        lock_timeout: seconds to wait for another writer; ``None`` waits for ever.
+        progress: tqdm bars for long saves/restores; ``None`` = only on a terminal.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        keep: Policy | None = None,
+        save_every: int | None = None,
+        save_every_seconds: float | None = None,
+        async_save: bool = False,
+        lock_timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if save_every is not None and save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep = keep if keep is not None else KeepAll()
+        self.save_every = save_every
+        self.save_every_seconds = save_every_seconds
+        self.lock_timeout = lock_timeout
+        self.progress = progress
+        self._cache: dict[int, tuple[tuple, StepInfo]] = {}
+        infos = self.infos()
+        self._last_save_time: float | None = max((i.time for i in infos), default=None)
+        self._writer = None
+        if async_save:
+            from ckpt.async_writer import AsyncWriter
+
+            self._writer = AsyncWriter(self._commit)
+
+    # ------------------------------------------------------------ listing
+
+    def _step_dirs(self) -> dict[int, str]:
+        dirs = {}
+        for entry in os.scandir(self.directory):
+            step = fsutil.parse_step_dir(entry.name)
+            if step is not None and entry.is_dir(follow_symlinks=False):
+                dirs[step] = entry.path
+        return dirs
+
+    def _info(self, step: int, step_dir: str) -> StepInfo | None:
+        path = os.path.join(step_dir, manifest.MANIFEST_NAME)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._cache.get(step)
+        if cached and cached[0] == signature:
+            return cached[1]
+        try:
+            info = manifest.step_info(manifest.read(step_dir, step), step_dir)
+        except (CorruptCheckpointError, FileNotFoundError):
+            return None
+        self._cache[step] = (signature, info)
+        return info
+
+    def infos(self) -> list[StepInfo]:
+        """Every committed checkpoint (valid manifest), sorted by step."""
+        out = []
+        for step, step_dir in sorted(self._step_dirs().items()):
+            info = self._info(step, step_dir)
+            if info is not None:
+                out.append(info)
+        return out
+
+    def info(self, step: int) -> StepInfo:
+        """What the manifest of ``step`` says (time, metrics, metadata, size)."""
+        step_dir = self._step_dirs().get(step)
+        if step_dir is None:
+            raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+        return manifest.step_info(manifest.read(step_dir, step), step_dir)
+
+    def all_steps(self) -> list[int]:
+        """Steps of all committed checkpoints, ascending."""
+        return [info.step for info in self.infos()]
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None when there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
+        """The step with the best ``metric``; defaults to the ``KeepBest`` in ``keep``."""
+        best = _find_best(self.keep)
+        if metric is None:
+            if best is None:
+                raise ValueError("best_step() needs a metric: keep= has no KeepBest policy")
+            metric, mode = best.metric, mode or best.mode
+        ranked = KeepBest(metric, mode=mode or "min").ranked(self.infos())
+        return ranked[0].step if ranked else None
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` would save under the schedule."""
+        return is_due(step, time.time(), self._last_save_time, every=self.save_every,
+                      every_seconds=self.save_every_seconds)
+
+    # -------------------------------------------------------------- save
+
+    def save(self, step: int, state: Any, *, metrics: dict | None = None,
+             metadata: Any = None, force: bool = False) -> bool:
+        """Save ``state`` as checkpoint ``step``; returns whether it saved.
+
+        Steps the schedule does not ask for are skipped (returns False) unless
+        ``force``. Raises ``StepExistsError`` for a step already on disk and
+        ``UnsupportedTypeError`` (before writing anything) for a bad leaf.
+        """
+        if type(step) is not int or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        if not force and not self.should_save(step):
+            return False
+        clean = manifest.clean_metrics(metrics)
+        manifest.encode({"metadata": metadata})  # refuse bad metadata before any work
+        treedef, leaves = encode_tree(state)
+        if self._writer is not None:
+            self._writer.submit(step, treedef, leaves, clean, metadata)
+        else:
+            self._commit(step, treedef, leaves, clean, metadata)
+        self._last_save_time = time.time()
+        return True
+
+    def _commit(self, step: int, treedef: Any, leaves: list, metrics: dict,
+                metadata: Any) -> None:
+        final = self.directory / fsutil.step_dir_name(step)
+        started = time.perf_counter()
+        with fsutil.writer_lock(self.directory, self.lock_timeout):
+            _failpoints.hit("lock.acquired")
+            fsutil.remove_leftovers(self.directory)
+            if final.exists():
+                raise StepExistsError(final, step)
+            tmp = self.directory / fsutil.tmp_name(final.name)
+            tmp.mkdir()
+            _failpoints.hit("tmpdir.created")
+            try:
+                self._write_step(tmp, step, treedef, leaves, metrics, metadata)
+                _failpoints.hit("commit.before_rename")
+                os.rename(tmp, final)
+            except BaseException:
+                fsutil.remove_dir(tmp)
+                raise
+            _failpoints.hit("commit.after_rename")
+            fsutil.fsync_dir(self.directory)
+            _failpoints.hit("commit.after_dir_fsync")
+            log.info("saved step %d to %s in %.2f s", step, final, time.perf_counter() - started)
+            self._prune()
+
+    def _write_step(self, tmp: Path, step: int, treedef: Any, leaves: list,
+                    metrics: dict, metadata: Any) -> None:
+        index = h5format.write_state(tmp / manifest.DATA_NAME, treedef, leaves,
+                                     progress=self.progress)
+        record = manifest.build(step, time.time(), metrics, metadata, index)
+        _failpoints.hit("manifest.before_write")
+        with open(tmp / manifest.MANIFEST_NAME, "xb") as handle:
+            handle.write(manifest.encode(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+        _failpoints.hit("manifest.after_fsync")
+        fsutil.fsync_dir(tmp)
+        _failpoints.hit("tmpdir.after_fsync")
+
+    def _prune(self) -> None:
+        infos = self.infos()
+        kept = retained_steps(self.keep, infos)
+        for info in infos:
+            if info.step not in kept:
+                log.info("retention: deleting step %d (kept: %s)", info.step, sorted(kept))
+                self._remove(info.step, info.path)
+
+    def _remove(self, step: int, step_dir: str) -> None:
+        trash = self.directory / fsutil.trash_name(fsutil.step_dir_name(step))
+        _failpoints.hit("prune.before_trash_rename")
+        os.rename(step_dir, trash)
+        _failpoints.hit("prune.after_trash_rename")
+        fsutil.fsync_dir(self.directory)
+        _failpoints.hit("prune.after_dir_fsync")
+        self._cache.pop(step, None)
+        fsutil.remove_dir(trash)
+
+    def delete(self, step: int) -> None:
+        """Delete checkpoint ``step`` (also a damaged one) under the writer lock."""
+        self.wait_until_finished()
+        with fsutil.writer_lock(self.directory, self.lock_timeout):
+            step_dir = self._step_dirs().get(step)
+            if step_dir is None:
+                raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+            self._remove(step, step_dir)
+
+    # ----------------------------------------------------------- restore
+
+    def restore(self, step: int | None = None, *, into: Any = None, keys: Any = None,
+                strict: bool = True, verify: bool = True) -> Any:
+        """Restore checkpoint ``step``, or the newest one that verifies.
+
+        Without a step, a checkpoint that fails verification is skipped with a
+        warning naming it and why, and the next older one is tried. With ``into``,
+        numpy arrays in the template are filled in place, stateful objects get
+        ``load_state_dict``, and the filled template is returned; ``strict`` makes
+        any difference raise one ``StateMismatchError`` listing all of them.
+        ``keys`` restores only the named subtrees.
+        """
+        self.wait_until_finished()
+        if step is not None:
+            return self._restore_step(step, into, keys, strict, verify)
+        skipped = []
+        for candidate in sorted(self._step_dirs(), reverse=True):
+            try:
+                return self._restore_step(candidate, into, keys, strict, verify)
+            except CorruptCheckpointError as error:
+                warnings.warn(f"ckpt: skipping step {candidate}: {error}", stacklevel=2)
+                log.warning("skipping step %d: %s", candidate, error)
+                skipped.append(candidate)
+            except CheckpointNotFoundError as error:
+                if error.step != candidate:
+                    raise
+                # pruned by a writer while we read it: an older one follows
+        if skipped:
+            raise CorruptCheckpointError(self.directory, "no checkpoint verifies "
+                                         f"(skipped steps {skipped})")
+        raise CheckpointNotFoundError(self.directory, detail="no checkpoints in this directory")
+
+    def _restore_step(self, step: int, into: Any, keys: Any, strict: bool,
+                      verify: bool) -> Any:
+        step_dir = str(self.directory / fsutil.step_dir_name(step))
+        try:
+            record = manifest.read(step_dir, step)
+            restored = self._read_tree(step_dir, record, keys, verify)
+        except FileNotFoundError as error:
+            if not os.path.isdir(step_dir):
+                raise CheckpointNotFoundError(step_dir, step) from None
+            raise CorruptCheckpointError(getattr(error, "filename", None) or step_dir,
+                                         "data file is missing", step=step) from None
+        except CorruptCheckpointError as error:
+            if error.step is None:  # say which step the damaged file belongs to
+                raise CorruptCheckpointError(error.path, error.reason, error.key, step) from None
+            raise
+        if into is None:
+            return restored
+        return self._fill(step_dir, into, restored, keys, strict)
+
+    def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool) -> Any:
+        data_path = os.path.join(step_dir, manifest.DATA_NAME)
+        index = record["files"][manifest.DATA_NAME]
+        size = os.stat(data_path).st_size
+        h5format.validate_index(index, data_path, size)
+        wanted = None
+        if keys is not None:
+            wanted, missing = select(index["tree"], keys)
+            if missing:
+                raise StateMismatchError(step_dir, [
+                    (keystr(p), "missing", "requested by keys=", "nothing in the checkpoint")
+                    for p in missing])
+        arrays = h5format.read_leaves(data_path, index, wanted, verify=verify,
+                                      progress=self.progress)
+        return decode_tree(index["tree"], index["leaves"], arrays)
+
+    def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
+        pairs = [((), into, restored)]
+        if keys is not None:
+            pairs = [(p, _walk(into, p, step_dir), _walk(restored, p, step_dir))
+                     for p in normalize_keys(keys)]
+        mismatches: list = []
+        for path, part, value in pairs:
+            template.fill(part, value, apply=False, path=path, mismatches=mismatches)
+        if mismatches and strict:
+            raise StateMismatchError(step_dir, mismatches)
+        if mismatches:
+            report = StateMismatchError(step_dir, mismatches)
+            warnings.warn(f"ckpt: restored what matches; {report}", stacklevel=3)
+            log.warning("partial restore: %s", report)
+        result = into
+        for path, part, value in pairs:
+            filled = template.fill(part, value, apply=True, path=path)
+            result = _replace(result, path, filled)
+        return result
+
+    # ---------------------------------------------------------- lifetime
+
+    def wait_until_finished(self) -> None:
+        """Block until a background save is committed; re-raise its error."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def close(self) -> None:
+        """Wait for a pending save and stop the background writer."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.all_steps())
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({str(self.directory)!r}, keep={self.keep!r})"
+
+
+def _find_best(policy: Policy) -> KeepBest | None:
+    parts = getattr(policy, "policies", (policy,))
+    return next((p for p in parts if isinstance(p, KeepBest)), None)
+
+
+def _walk(tree: Any, path: tuple, where: str) -> Any:
+    node = tree
+    for key in path:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            raise StateMismatchError(where, [(keystr(path), "missing", "requested by keys=",
+                                              "nothing in the template")]) from None
+    return node
+
+
+def _replace(tree: Any, path: tuple, value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(tree, dict):
+        out = type(tree)(tree)
+        out[head] = _replace(tree[head], rest, value)
+        return out
+    items = list(tree)
+    items[head] = _replace(items[head], rest, value)
+    return type(tree)(items)

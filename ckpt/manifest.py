@@ -1,0 +1,120 @@
+"""The manifest: a step's commit record, written last.
+
+A step directory without a manifest that parses and names its own step is not a
+checkpoint. The manifest holds the format version, step, time, metrics, user
+metadata, library versions and, per data file, the full index (every leaf's key
+path, kind, dtype, shape, size, offset and checksum).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from typing import Any
+
+from ckpt import h5format
+from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
+from ckpt.policies import StepInfo
+
+__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "encode", "read", "step_info", "clean_metrics"]
+
+MANIFEST_NAME = "manifest.json"
+DATA_NAME = "state.h5"
+
+
+def clean_metrics(metrics: Any) -> dict[str, Any]:
+    """Metrics as JSON values: numpy and torch scalars become Python numbers."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, dict):
+        raise UnsupportedTypeError("metrics", type(metrics).__name__, "metrics must be a dict")
+    out = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            raise UnsupportedTypeError(f"metrics/{name!r}", type(name).__name__,
+                                       "metric names must be str")
+        if hasattr(value, "item") and callable(value.item):
+            value = value.item()
+        if not isinstance(value, (int, float, str, bool)) and value is not None:
+            raise UnsupportedTypeError(f"metrics/{name}", type(value).__name__,
+                                       "a metric must be a number, str, bool or None")
+        out[name] = value
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import numpy
+
+    from ckpt._version import __version__
+
+    return {"ckpt": __version__, "numpy": numpy.__version__, "h5py": h5py.__version__,
+            "python": platform.python_version()}
+
+
+def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict) -> dict:
+    """The manifest of one step whose single data file has ``index``."""
+    file_index = {k: v for k, v in index.items() if k != "metadata"}
+    return {"format": h5format.FORMAT, "version": h5format.VERSION, "step": step,
+            "time": saved_at, "metrics": metrics, "metadata": metadata,
+            "versions": _versions(), "files": {DATA_NAME: file_index}}
+
+
+def encode(manifest: dict) -> bytes:
+    """Serialize a manifest; non-JSON user metadata is refused with its name."""
+    try:
+        return json.dumps(manifest, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as error:
+        raise UnsupportedTypeError("metadata", type(manifest.get("metadata")).__name__,
+                                   f"metadata must be JSON-serializable ({error})") from None
+
+
+def read(step_dir: str, step: int) -> dict:
+    """Read and check the manifest of ``step_dir``; raises ``CorruptCheckpointError``.
+
+    ``FileNotFoundError`` passes through when the whole directory is gone (pruned
+    by a writer while we looked).
+    """
+    path = os.path.join(step_dir, MANIFEST_NAME)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        if not os.path.isdir(step_dir):
+            raise
+        raise CorruptCheckpointError(path, "manifest is missing", step=step) from None
+    manifest = h5format.parse_json(data, path)
+    problem = _problem(manifest, step)
+    if problem:
+        raise CorruptCheckpointError(path, problem, step=step)
+    return manifest
+
+
+def _problem(manifest: Any, step: int) -> str | None:
+    if not isinstance(manifest, dict) or manifest.get("format") != h5format.FORMAT:
+        return "not a ckpt manifest"
+    if manifest.get("version") != h5format.VERSION:
+        return f"format version {manifest.get('version')!r} is not {h5format.VERSION}"
+    if manifest.get("step") != step or type(manifest.get("step")) is not int:
+        return f"manifest is for step {manifest.get('step')!r}, not {step}"
+    saved_at = manifest.get("time")
+    if not isinstance(saved_at, (int, float)) or not math.isfinite(saved_at):
+        return "manifest has no valid time"
+    if not isinstance(manifest.get("metrics"), dict):
+        return "manifest metrics are not a mapping"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(files.get(DATA_NAME), dict):
+        return f"manifest names no {DATA_NAME}"
+    return None
+
+
+def step_info(manifest: dict, step_dir: str) -> StepInfo:
+    """The :class:`StepInfo` a manifest describes."""
+    index = manifest["files"][DATA_NAME]
+    nbytes = index.get("file_nbytes", 0)
+    return StepInfo(step=manifest["step"], time=float(manifest["time"]),
+                    metrics=dict(manifest["metrics"]), path=step_dir,
+                    nbytes=nbytes if isinstance(nbytes, int) else 0,
+                    metadata=manifest.get("metadata"))
