@@ -13,8 +13,11 @@ from ckpt.errors import (
     UnsupportedTypeError,
 )
 from ckpt.files import load, load_metadata, save
+from ckpt.loop import TrainingLoop
 from ckpt.manager import CheckpointManager
 from ckpt.policies import AnyOf, KeepAll, KeepBest, KeepEvery, KeepLast, Policy, StepInfo
+from ckpt.rng import RNGState
+from ckpt.sampler import DataOrder
 
 __all__ = [
     "__version__",
@@ -29,6 +32,9 @@ __all__ = [
     "AnyOf",
     "Policy",
     "StepInfo",
+    "RNGState",
+    "DataOrder",
+    "TrainingLoop",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Union, runtime_checkable
 
-__all__ = ["KeyPath", "Stateful", "is_stateful", "PathLike"]
+__all__ = ["KeyPath", "Stateful", "is_stateful"]
 
-KeyPath = tuple[Union[str, int], ...]
-PathLike = Union[str, "os.PathLike[str]"]
+KeyPath = tuple[str | int, ...]
 
 
 @runtime_checkable

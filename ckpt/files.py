@@ -58,12 +58,12 @@ def _check_json(metadata: Any) -> None:
 
 
 def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
-         progress: bool | None = None) -> Any:
+         device: Any = None, progress: bool | None = None) -> Any:
     """Read the tree in ``path`` (a ckpt file, or any plain HDF5 file).
 
     ``keys`` reads only the named subtrees from disk: a top-level key, a tuple key
     path such as ``("opt", "state")``, or a list of those. Checksums are verified
-    unless ``verify=False``.
+    unless ``verify=False``. ``device`` places torch tensors (default: CPU).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -76,7 +76,7 @@ def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
         wanted, missing = select(index["tree"], keys)
         _raise_missing(path, missing)
     arrays = h5format.read_leaves(path, index, wanted, verify=verify, progress=progress)
-    return decode_tree(index["tree"], index["leaves"], arrays)
+    return decode_tree(index["tree"], index["leaves"], arrays, device)
 
 
 def load_metadata(path: str | os.PathLike[str]) -> Any:

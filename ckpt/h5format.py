@@ -198,7 +198,7 @@ def _create_empty(file: h5py.File, name: str, tid: Any, shape: tuple[int, ...]) 
 def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int]]]:
     """Index entries for each leaf, the packs, and which leaves go in which pack."""
     entries, packs, members = [], [], []
-    size = PACK_LIMIT  # forces a first pack
+    size = 0
     for number, (path, kind, array, extra) in enumerate(leaves):
         entry: dict[str, Any] = {
             "path": list(path), "kind": kind, "dtype": array.dtype.str,
@@ -208,7 +208,7 @@ def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int
             entry["extra"] = extra
         if array.nbytes < PACK_THRESHOLD:
             aligned = -size % PACK_ALIGN
-            if size + aligned + array.nbytes > PACK_LIMIT:
+            if not packs or size + aligned + array.nbytes > PACK_LIMIT:
                 packs.append({"nbytes": 0})
                 members.append([])
                 size, aligned = 0, 0
@@ -263,7 +263,9 @@ def write_state(
         u8 = h5py.h5t.py_create(np.dtype(np.uint8))
         for number, pack in enumerate(packs):
             pack["h5"] = f"/.ckpt/pack{number}"
-            pack["offset"] = _create_empty(file, pack["h5"], u8, (pack["nbytes"],))
+            # HDF5 gives an empty dataset no address: nothing to read there anyway
+            pack["offset"] = (_create_empty(file, pack["h5"], u8, (pack["nbytes"],))
+                              if pack["nbytes"] else USERBLOCK)
         index_bytes = json.dumps(index, separators=(",", ":")).encode()
         index_offset = _create_empty(file, "/.ckpt/index", u8, (len(index_bytes),))
     header = MAGIC + json.dumps({

@@ -72,6 +72,7 @@ class CheckpointManager:
         self._cache: dict[int, tuple[tuple, StepInfo]] = {}
         infos = self.infos()
         self._last_save_time: float | None = max((i.time for i in infos), default=None)
+        self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
         if async_save:
             from ckpt.async_writer import AsyncWriter
@@ -238,7 +239,7 @@ class CheckpointManager:
     # ----------------------------------------------------------- restore
 
     def restore(self, step: int | None = None, *, into: Any = None, keys: Any = None,
-                strict: bool = True, verify: bool = True) -> Any:
+                strict: bool = True, verify: bool = True, device: Any = None) -> Any:
         """Restore checkpoint ``step``, or the newest one that verifies.
 
         Without a step, a checkpoint that fails verification is skipped with a
@@ -246,15 +247,17 @@ class CheckpointManager:
         numpy arrays in the template are filled in place, stateful objects get
         ``load_state_dict``, and the filled template is returned; ``strict`` makes
         any difference raise one ``StateMismatchError`` listing all of them.
-        ``keys`` restores only the named subtrees.
+        ``keys`` restores only the named subtrees. ``device`` places torch tensors
+        of a restore without ``into`` (default CPU; with ``into`` they are copied to
+        wherever the template's tensors live).
         """
         self.wait_until_finished()
         if step is not None:
-            return self._restore_step(step, into, keys, strict, verify)
+            return self._restore_step(step, into, keys, strict, verify, device)
         skipped = []
         for candidate in sorted(self._step_dirs(), reverse=True):
             try:
-                return self._restore_step(candidate, into, keys, strict, verify)
+                return self._restore_step(candidate, into, keys, strict, verify, device)
             except CorruptCheckpointError as error:
                 warnings.warn(f"ckpt: skipping step {candidate}: {error}", stacklevel=2)
                 log.warning("skipping step %d: %s", candidate, error)
@@ -269,11 +272,11 @@ class CheckpointManager:
         raise CheckpointNotFoundError(self.directory, detail="no checkpoints in this directory")
 
     def _restore_step(self, step: int, into: Any, keys: Any, strict: bool,
-                      verify: bool) -> Any:
+                      verify: bool, device: Any) -> Any:
         step_dir = str(self.directory / fsutil.step_dir_name(step))
         try:
             record = manifest.read(step_dir, step)
-            restored = self._read_tree(step_dir, record, keys, verify)
+            restored = self._read_tree(step_dir, record, keys, verify, device)
         except FileNotFoundError as error:
             if not os.path.isdir(step_dir):
                 raise CheckpointNotFoundError(step_dir, step) from None
@@ -283,11 +286,13 @@ class CheckpointManager:
             if error.step is None:  # say which step the damaged file belongs to
                 raise CorruptCheckpointError(error.path, error.reason, error.key, step) from None
             raise
-        if into is None:
-            return restored
-        return self._fill(step_dir, into, restored, keys, strict)
+        result = restored if into is None else self._fill(step_dir, into, restored, keys,
+                                                            strict)
+        self.last_restored_step = step
+        return result
 
-    def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool) -> Any:
+    def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool,
+                   device: Any) -> Any:
         data_path = os.path.join(step_dir, manifest.DATA_NAME)
         index = record["files"][manifest.DATA_NAME]
         size = os.stat(data_path).st_size
@@ -301,7 +306,7 @@ class CheckpointManager:
                     for p in missing])
         arrays = h5format.read_leaves(data_path, index, wanted, verify=verify,
                                       progress=self.progress)
-        return decode_tree(index["tree"], index["leaves"], arrays)
+        return decode_tree(index["tree"], index["leaves"], arrays, device)
 
     def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
         pairs = [((), into, restored)]

@@ -63,6 +63,10 @@ def _fill_dict(template: dict, restored: Any, apply: bool, path: KeyPath,
     if not isinstance(restored, dict):
         mismatches.append((keystr(path), "type", "dict", describe(restored)))
         return template
+    if not template:
+        # An empty dict accepts whatever the checkpoint has: a fresh optimizer's
+        # state is {} until its first step, and must still take the saved state.
+        return restored if apply else template
     out = {}
     for key, value in template.items():
         if key in restored:

@@ -237,8 +237,11 @@ def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
     raise UnsupportedTypeError(keystr(path), _type_name(value))
 
 
-def decode_leaf(kind: str, array: np.ndarray, extra: dict) -> Any:
-    """Rebuild a leaf from the array and tags :func:`encode_leaf` produced."""
+def decode_leaf(kind: str, array: np.ndarray, extra: dict, device: Any = None) -> Any:
+    """Rebuild a leaf from the array and tags :func:`encode_leaf` produced.
+
+    ``device`` places torch tensors (CPU when None); other leaves ignore it.
+    """
     if kind == "ndarray":
         return array
     if kind == "npscalar":
@@ -262,7 +265,7 @@ def decode_leaf(kind: str, array: np.ndarray, extra: dict) -> Any:
     if kind == "torch":
         from ckpt.integrations import torch as torch_adapter
 
-        return torch_adapter.decode_tensor(array, extra)
+        return torch_adapter.decode_tensor(array, extra, device)
     raise ValueError(f"unknown leaf kind {kind!r}")
 
 
@@ -294,7 +297,9 @@ def _is_torch_tensor(value: Any) -> bool:
 
 def _type_name(value: Any) -> str:
     kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    if kind.__module__ == "builtins":
+        return kind.__name__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def encode_tree(tree: Any) -> tuple[Any, list[tuple[KeyPath, str, np.ndarray, dict]]]:
@@ -306,9 +311,10 @@ def encode_tree(tree: Any) -> tuple[Any, list[tuple[KeyPath, str, np.ndarray, di
     return treedef, [(path, *encode_leaf(value, path)) for path, value in leaves]
 
 
-def decode_tree(treedef: Any, entries: list[dict], arrays: dict[int, np.ndarray]) -> Any:
+def decode_tree(treedef: Any, entries: list[dict], arrays: dict[int, np.ndarray],
+                device: Any = None) -> Any:
     """Rebuild the tree (or the part of it whose leaf numbers are in ``arrays``)."""
-    values = {n: decode_leaf(entries[n]["kind"], a, entries[n].get("extra") or {})
+    values = {n: decode_leaf(entries[n]["kind"], a, entries[n].get("extra") or {}, device)
               for n, a in arrays.items()}
     if len(values) == len(entries):
         return unflatten(treedef, [values[n] for n in range(len(entries))])

@@ -1,0 +1,127 @@
+"""Background saving: stage into reused host buffers, commit on one writer thread.
+
+``save()`` blocks only for a memory copy of the state into staging buffers; the
+commit protocol then runs on a thread. Why the buffers are reused: a copy into
+memory that was touched before runs at memory bandwidth (~13.7 GB/s here), while
+a fresh allocation pays for page faults on every page (~0.45 GB/s). The pool keeps
+only the buffers the last save used, so at most one extra copy of the state is held.
+
+Errors of a background save are kept and raised by the next ``submit``, ``wait`` or
+``close``; never swallowed. The thread is not a daemon: a normal interpreter exit
+waits for a pending save to commit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AsyncWriter", "StagingPool"]
+
+log = logging.getLogger("ckpt")
+
+
+class StagingPool:
+    """Host buffers keyed by (shape, dtype), reused from one save to the next."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[np.ndarray]] = {}
+
+    def stage(self, leaves: list[tuple]) -> list[tuple]:
+        """Copy every leaf's array into a pooled buffer; returns the staged leaves.
+
+        Buffers not used by this save are dropped, so the pool never holds more
+        than one copy of the state.
+        """
+        staged, used = [], {}
+        for path, kind, array, extra in leaves:
+            key = (array.shape, array.dtype.str)
+            free = self._free.get(key)
+            buffer = free.pop() if free else np.empty_like(array, order="C")
+            np.copyto(buffer, array, casting="no")
+            used.setdefault(key, []).append(buffer)
+            staged.append((path, kind, buffer, extra))
+        self._free = used  # everything handed out comes back after the commit
+        return staged
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pool."""
+        return sum(b.nbytes for buffers in self._free.values() for b in buffers)
+
+
+class AsyncWriter:
+    """Runs ``commit(step, treedef, leaves, metrics, metadata)`` in the background.
+
+    At most one save is in flight: ``submit`` first waits for the previous one.
+    """
+
+    def __init__(self, commit: Callable[..., None]) -> None:
+        self._commit = commit
+        self._pool = StagingPool()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        _live_writers.add(self)
+
+    def submit(self, step: int, treedef: Any, leaves: list, metrics: dict,
+               metadata: Any) -> None:
+        """Stage the leaves (the caller may change its arrays once this returns)."""
+        if self._closed:
+            raise RuntimeError("CheckpointManager is closed")
+        self.wait()
+        staged = self._pool.stage(leaves)
+        self._thread = threading.Thread(
+            target=self._run, args=(step, treedef, staged, metrics, metadata),
+            name=f"ckpt-save-{step}", daemon=False)
+        self._thread.start()
+
+    def _run(self, *args: Any) -> None:
+        try:
+            self._commit(*args)
+        except BaseException as error:  # handed to the caller's thread by wait()
+            log.error("background save of step %d failed: %s", args[0], error)
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the pending save is done; raise its error if it failed."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait for the pending save (raising its error) and refuse new ones."""
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            _live_writers.discard(self)
+
+    @property
+    def staging_nbytes(self) -> int:
+        """Bytes of staging memory held between saves."""
+        return self._pool.nbytes
+
+
+_live_writers: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _report_unseen_errors() -> None:
+    # Non-daemon threads are joined before atexit runs, so every save has ended
+    # here; an error nobody waited for must still be seen.
+    for writer in list(_live_writers):
+        if writer._error is not None:
+            warnings.warn(f"ckpt: a background save failed and was never waited for: "
+                          f"{writer._error}", stacklevel=1)

@@ -1,0 +1,106 @@
+"""``TrainingLoop``: resume-or-start, save on schedule, stop cleanly on preemption.
+
+::
+
+    with ckpt.TrainingLoop(mgr, state, total_steps=1000) as loop:
+        for step in loop:                 # starts after the latest checkpoint
+            loss = train_step(...)
+            loop.report(loss=loss)        # metrics stored with this step's save
+
+A checkpoint for step ``s`` holds the state *after* step ``s`` ran, so a resumed
+loop starts at ``s + 1``. SIGTERM or SIGINT during the loop sets a flag: the step
+in progress finishes, is saved, and the loop ends (``loop.preempted`` is True).
+The last step is always saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ckpt.manager import CheckpointManager
+
+__all__ = ["TrainingLoop"]
+
+log = logging.getLogger("ckpt")
+
+
+class TrainingLoop:
+    """Wrap a training loop around ``manager`` and ``state`` (see module docstring).
+
+    Args:
+        manager: where checkpoints go; its ``save_every``/``keep`` apply.
+        state: the tree to save and to restore into (arrays filled in place,
+            stateful objects loaded).
+        total_steps: steps of the whole run; the loop yields ``start .. total_steps-1``.
+        handle_signals: catch SIGTERM/SIGINT (main thread only) to save and stop.
+    """
+
+    def __init__(self, manager: CheckpointManager, state: Any, *, total_steps: int,
+                 handle_signals: bool = True) -> None:
+        self.manager = manager
+        self.state = state
+        self.total_steps = total_steps
+        self.handle_signals = handle_signals
+        self.preempted = False
+        self.resumed_from: int | None = None  # the step a resumed run continued after
+        self.last_saved: int | None = None
+        self._metrics: dict[str, Any] = {}
+        self._stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self.start_step = self._resume()
+
+    def _resume(self) -> int:
+        latest = self.manager.latest_step()
+        if latest is None:
+            return 0
+        self.state = self.manager.restore(into=self.state)
+        # restore() may fall back past a damaged newest step: ask which one it used
+        self.resumed_from = self.manager.last_restored_step
+        log.info("resumed from step %d", self.resumed_from)
+        return self.resumed_from + 1
+
+    @property
+    def remaining(self) -> int:
+        """How many steps are still to run."""
+        return max(0, self.total_steps - self.start_step)
+
+    def report(self, **metrics: Any) -> None:
+        """Metrics of the current step, stored with its checkpoint if it is saved."""
+        self._metrics.update(metrics)
+
+    def __enter__(self) -> TrainingLoop:
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+        self.manager.wait_until_finished()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # only a flag: saving inside a signal handler could interrupt a save
+        self._stop_signal = signum
+        log.warning("received signal %d: saving at the end of this step, then stopping",
+                    signum)
+
+    def __iter__(self) -> Iterator[int]:
+        for step in range(self.start_step, self.total_steps):
+            self._metrics = {}
+            yield step
+            last = step == self.total_steps - 1
+            stopping = self._stop_signal is not None
+            saved = self.manager.save(step, self.state, metrics=self._metrics,
+                                      force=last or stopping)
+            if saved:
+                self.last_saved = step
+            if stopping:
+                self.preempted = True
+                log.warning("preempted: saved step %d and stopped", step)
+                return

@@ -1,0 +1,66 @@
+"""Shared fixtures and helpers for the ckpt test suite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Opt-in long runs: CKPT_SOAK=1 multiplies crash rounds and fuzz cases.
+SOAK = os.environ.get("CKPT_SOAK", "") not in ("", "0")
+
+
+def rounds(default: int, soak: int) -> int:
+    """How many rounds a crash/fuzz test runs: ``default``, or ``soak`` with CKPT_SOAK=1."""
+    return soak if SOAK else default
+
+
+def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 120,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (real process) and return the result."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                            text=True, timeout=timeout, env=full_env, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"child failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def assert_tree_equal(a, b, path="root"):
+    """Exact equality: same container types, key types, order; leaves bit for bit."""
+    assert type(a) is type(b), f"{path}: {type(a)} != {type(b)}"
+    if isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys()), path
+        assert [type(k) for k in a] == [type(k) for k in b], path
+        for k in a:
+            assert_tree_equal(a[k], b[k], f"{path}/{k!r}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_tree_equal(x, y, f"{path}/{i}")
+    elif isinstance(a, (np.ndarray, np.generic)):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape}"
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path
+    elif isinstance(a, float):
+        assert np.float64(a).tobytes() == np.float64(b).tobytes(), path
+    elif isinstance(a, complex):
+        assert np.complex128(a).tobytes() == np.complex128(b).tobytes(), path
+    else:
+        assert a == b, path
+
+
+@pytest.fixture
+def small_state():
+    rng = np.random.default_rng(0)
+    return {
+        "model": {"w": rng.standard_normal((300, 100)).astype(np.float32),
+                  "b": np.zeros(100, np.float32)},
+        "opt": {"state": {0: {"m": rng.standard_normal(50)}}, "lr": 0.1},
+        "step": 7,
+    }
