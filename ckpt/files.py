@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 
 from ckpt import fsutil, h5format
-from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
-from ckpt.tree import decode_tree, encode_tree, keystr, normalize_keys, select
+from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, StateMismatchError
+from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
 
 __all__ = ["save", "load", "load_metadata"]
 
@@ -71,23 +71,32 @@ def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
     if not h5format.is_ckpt_file(path):
         return _load_foreign(path, keys)
     index = h5format.read_header_index(path)
-    wanted = None
+    treedef, wanted = index["tree"], None
     if keys is not None:
-        wanted, missing = select(index["tree"], keys)
+        treedef, missing = select(treedef, keys)
         _raise_missing(path, missing)
+        wanted = {number for _, number in leaf_paths(treedef)}
     arrays = h5format.read_leaves(path, index, wanted, verify=verify, progress=progress)
-    return decode_tree(index["tree"], index["leaves"], arrays, device)
+    return decode_tree(treedef, index["leaves"], arrays, device)
 
 
 def load_metadata(path: str | os.PathLike[str]) -> Any:
-    """The ``metadata`` given to :func:`save` for the file at ``path``."""
+    """The ``metadata`` given to :func:`save` for the file at ``path``.
+
+    A plain HDF5 file written by another tool has none: the result is None.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(path)
+    if not h5format.is_ckpt_file(path):
+        return None
     return h5format.read_header_index(path).get("metadata")
 
 
 def _raise_missing(path: str, missing: list) -> None:
     if missing:
-        names = ", ".join(keystr(p) for p in missing)
-        raise CheckpointNotFoundError(path, detail=f"no key {names} in this checkpoint")
+        raise StateMismatchError(path, [(keystr(p), "missing", "requested by keys=",
+                                         "nothing in the checkpoint") for p in missing])
 
 
 # ---------------------------------------------------------- plain HDF5

@@ -29,7 +29,7 @@ from ckpt.errors import (
     StepExistsError,
 )
 from ckpt.policies import KeepAll, KeepBest, Policy, StepInfo, is_due, retained_steps
-from ckpt.tree import decode_tree, encode_tree, keystr, normalize_keys, select
+from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
 
 __all__ = ["CheckpointManager"]
 
@@ -297,16 +297,17 @@ class CheckpointManager:
         index = record["files"][manifest.DATA_NAME]
         size = os.stat(data_path).st_size
         h5format.validate_index(index, data_path, size)
-        wanted = None
+        treedef, wanted = index["tree"], None
         if keys is not None:
-            wanted, missing = select(index["tree"], keys)
+            treedef, missing = select(treedef, keys)
+            wanted = {number for _, number in leaf_paths(treedef)}
             if missing:
                 raise StateMismatchError(step_dir, [
                     (keystr(p), "missing", "requested by keys=", "nothing in the checkpoint")
                     for p in missing])
         arrays = h5format.read_leaves(data_path, index, wanted, verify=verify,
                                       progress=self.progress)
-        return decode_tree(index["tree"], index["leaves"], arrays, device)
+        return decode_tree(treedef, index["leaves"], arrays, device)
 
     def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
         pairs = [((), into, restored)]

@@ -109,29 +109,15 @@ def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
 
 
 def unflatten(treedef: Any, leaves: list[Any] | dict[int, Any]) -> Any:
-    """Rebuild a tree from a treedef and its leaves (indexed by leaf number).
-
-    With a dict of leaves, subtrees whose leaves are all absent are dropped (this
-    is how ``keys=`` selections come back).
-    """
+    """Rebuild a tree from a treedef and its leaves (indexed by leaf number)."""
     if isinstance(treedef, int):
         return leaves[treedef]
     tag, children = treedef["t"], treedef["c"]
     if tag in ("dict", "odict"):
-        pairs = [(k, unflatten(c, leaves)) for k, c in zip(treedef["k"], children)
-                 if _present(c, leaves)]
+        pairs = [(k, unflatten(c, leaves)) for k, c in zip(treedef["k"], children)]
         return OrderedDict(pairs) if tag == "odict" else dict(pairs)
-    items = [unflatten(c, leaves) for c in children if _present(c, leaves)]
+    items = [unflatten(c, leaves) for c in children]
     return tuple(items) if tag == "tuple" else items
-
-
-def _present(treedef: Any, leaves: list[Any] | dict[int, Any]) -> bool:
-    if not isinstance(leaves, dict):
-        return True
-    if isinstance(treedef, int):
-        return treedef in leaves
-    # an empty container is part of every selection that reaches it
-    return not treedef["c"] or any(_present(c, leaves) for c in treedef["c"])
 
 
 def leaf_paths(treedef: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, int]]:
@@ -167,17 +153,33 @@ def normalize_keys(keys: Any) -> list[KeyPath]:
     return paths
 
 
-def select(treedef: Any, keys: Any) -> tuple[set[int], list[KeyPath]]:
-    """Leaf indices under the key paths in ``keys``, and the paths that match nothing."""
-    wanted: set[int] = set()
-    missing: list[KeyPath] = []
+def select(treedef: Any, keys: Any) -> tuple[Any, list[KeyPath]]:
+    """The treedef pruned to the subtrees ``keys`` names, and the paths that match nothing.
+
+    Containers on the way keep only the selected entries (a list keeps the selected
+    items, in order); everything below a named path is kept whole.
+    """
+    found, missing = [], []
     for key_path in normalize_keys(keys):
-        node = _subtree(treedef, key_path)
-        if node is None:
-            missing.append(key_path)
-        else:
-            wanted.update(index for _, index in leaf_paths(node))
-    return wanted, missing
+        (found if _subtree(treedef, key_path) is not None else missing).append(key_path)
+    return _prune(treedef, found), missing
+
+
+def _prune(node: Any, paths: list[KeyPath]) -> Any:
+    if any(not path for path in paths) or isinstance(node, int):
+        return node
+    keys = node.get("k")
+    pruned: dict[str, Any] = {"t": node["t"], "c": []}
+    if keys is not None:
+        pruned["k"] = []
+    for position, child in enumerate(node["c"]):
+        key = keys[position] if keys is not None else position
+        below = [p[1:] for p in paths if p[0] == key and type(p[0]) is type(key)]
+        if below:
+            pruned["c"].append(_prune(child, below))
+            if keys is not None:
+                pruned["k"].append(key)
+    return pruned
 
 
 def _subtree(treedef: Any, key_path: KeyPath) -> Any:
@@ -313,9 +315,7 @@ def encode_tree(tree: Any) -> tuple[Any, list[tuple[KeyPath, str, np.ndarray, di
 
 def decode_tree(treedef: Any, entries: list[dict], arrays: dict[int, np.ndarray],
                 device: Any = None) -> Any:
-    """Rebuild the tree (or the part of it whose leaf numbers are in ``arrays``)."""
+    """Rebuild the tree from the arrays of the leaves it holds (a whole or pruned treedef)."""
     values = {n: decode_leaf(entries[n]["kind"], a, entries[n].get("extra") or {}, device)
               for n, a in arrays.items()}
-    if len(values) == len(entries):
-        return unflatten(treedef, [values[n] for n in range(len(entries))])
     return unflatten(treedef, values)

@@ -149,3 +149,14 @@ def test_keystr_quotes_what_would_be_ambiguous():
     assert keystr(["opt", "state", 0, "exp_avg"]) == "opt/state/0/exp_avg"
     assert keystr(["a/b", "0", ""]) == "'a/b'/'0'/''"
     assert keystr([]) == "<root>"
+
+
+def test_keys_selects_only_what_it_names(tmp_path):
+    tree = {"a": {}, "b": [], "c": {"x": [1, {}], "y": 2}, "d": [10, 20, 30]}
+    ckpt.save(tmp_path / "k.h5", tree)
+    assert ckpt.load(tmp_path / "k.h5", keys="a") == {"a": {}}
+    assert ckpt.load(tmp_path / "k.h5", keys=[("c", "x"), "b"]) == {"b": [], "c": {"x": [1, {}]}}
+    assert ckpt.load(tmp_path / "k.h5", keys=[("d", 1)]) == {"d": [20]}
+    assert ckpt.load(tmp_path / "k.h5", keys=("c", "y")) == {"c": {"y": 2}}
+    with pytest.raises(ckpt.StateMismatchError, match="nope"):
+        ckpt.load(tmp_path / "k.h5", keys=("c", "nope"))

@@ -1,0 +1,191 @@
+"""Save/restore throughput of ckpt against baselines measured in the same run.
+
+Two states: 1 GiB as 16 float32 arrays, and 10,000 leaves of 1 KiB. Each is
+written and read back by a raw fsync'd write/read of the same bytes, ckpt.save /
+ckpt.load, a CheckpointManager, np.savez / np.load and (when installed)
+torch.save / torch.load. Every writer fsyncs its file. Figures are ratios to raw
+(1.0 = as fast as writing the bytes yourself) and to torch.
+
+    python benchmarks/bench_io.py [--dir DIR] [--repeat 3] [--large-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import ckpt
+
+try:
+    import torch
+except ImportError:  # torch rows are skipped
+    torch = None
+
+
+def large_state(total_mib: int) -> dict[str, np.ndarray]:
+    per = total_mib * 2**20 // 16 // 4
+    rng = np.random.default_rng(0)
+    return {f"layer{i}": rng.standard_normal(per, dtype=np.float32) for i in range(16)}
+
+
+def small_state() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {f"leaf{i}": rng.standard_normal(256, dtype=np.float32) for i in range(10_000)}
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------ raw
+
+
+def raw_save(path: str, state: dict[str, np.ndarray]) -> None:
+    with open(path, "wb", buffering=0) as handle:
+        for array in state.values():
+            handle.write(memoryview(array).cast("B"))
+        os.fsync(handle.fileno())
+
+
+def raw_load(path: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    with open(path, "rb", buffering=0) as handle:
+        for name, like in state.items():
+            array = np.empty_like(like)
+            handle.readinto(memoryview(array).cast("B"))
+            out[name] = array
+    return out
+
+
+# -------------------------------------------------------- others
+
+
+def npz_save(path: str, state: dict) -> None:
+    np.savez(path, **state)
+    fsync_path(path)
+
+
+def npz_load(path: str, _state: dict) -> dict:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def torch_save(path: str, state: dict) -> None:
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    fsync_path(path)
+
+
+def torch_load(path: str, _state: dict) -> dict:
+    return torch.load(path)
+
+
+def ckpt_save(path: str, state: dict) -> None:
+    ckpt.save(path, state, progress=False)
+
+
+def ckpt_load(path: str, _state: dict) -> dict:
+    return ckpt.load(path, progress=False)
+
+
+def manager_save(path: str, state: dict) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    ckpt.CheckpointManager(path, progress=False).save(1, state)
+
+
+def manager_load(path: str, _state: dict) -> dict:
+    return ckpt.CheckpointManager(path, progress=False).restore(1)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - start
+    del result
+    return elapsed
+
+
+def measure(directory: str, state: dict, repeat: int, drop_caches: bool) -> dict[str, tuple]:
+    variants = {"raw": (raw_save, raw_load, "raw.bin"),
+                "ckpt.save/load": (ckpt_save, ckpt_load, "c.h5"),
+                "CheckpointManager": (manager_save, manager_load, "mgr"),
+                "np.savez/load": (npz_save, npz_load, "n.npz")}
+    if torch is not None:
+        variants["torch.save/load"] = (torch_save, torch_load, "t.pt")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(repeat):
+        # interleave variants so drift on the machine hits all of them alike
+        for name, (save, load, filename) in variants.items():
+            path = os.path.join(directory, filename)
+            save_time = timed(lambda: save(path, state))  # noqa: B023
+            if drop_caches:
+                _drop_caches()
+            load_time = timed(lambda: load(path, state))  # noqa: B023
+            results[name].append((save_time, load_time))
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.unlink(path)
+    return {name: (statistics.median(s for s, _ in runs), statistics.median(r for _, r in runs))
+            for name, runs in results.items()}
+
+
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as handle:
+        handle.write("3\n")
+
+
+def report(title: str, nbytes: int, results: dict[str, tuple]) -> None:
+    raw_save_t, raw_load_t = results["raw"]
+    base = results.get("torch.save/load")
+    print(f"\n{title}: {nbytes / 2**20:.0f} MiB")
+    head = f"{'variant':20} {'save s':>8} {'GB/s':>6} {'x raw':>6} {'load s':>8} {'GB/s':>6} {'x raw':>6}"
+    if base:
+        head += f" {'save x torch':>13} {'load x torch':>13}"
+    print(head)
+    for name, (save_t, load_t) in results.items():
+        row = (f"{name:20} {save_t:8.3f} {nbytes / save_t / 1e9:6.2f} {raw_save_t / save_t:6.2f} "
+               f"{load_t:8.3f} {nbytes / load_t / 1e9:6.2f} {raw_load_t / load_t:6.2f}")
+        if base:
+            row += f" {base[0] / save_t:13.2f} {base[1] / load_t:13.2f}"
+        print(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--large-mib", type=int, default=1024)
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache before each read (root only)")
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(dir=args.dir, prefix="ckpt-bench-")
+    try:
+        print("speed ratios are throughput relative to the baseline (higher is better); "
+              f"median of {args.repeat}")
+        state = large_state(args.large_mib)
+        report("large state, 16 float32 arrays", sum(a.nbytes for a in state.values()),
+               measure(directory, state, args.repeat, args.drop_caches))
+        del state
+        state = small_state()
+        report("10,000 leaves of 1 KiB", sum(a.nbytes for a in state.values()),
+               measure(directory, state, args.repeat, args.drop_caches))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

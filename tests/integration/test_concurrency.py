@@ -1,0 +1,100 @@
+"""Several processes on one directory: writers serialize on the lock, readers never
+see a partial checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import filelock
+import numpy as np
+import pytest
+
+import ckpt
+from tests.conftest import ROOT
+
+WRITER = r"""
+import sys, numpy as np, ckpt
+directory, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mgr = ckpt.CheckpointManager(directory)
+for step in range(first, first + count):
+    mgr.save(step, {"w": np.full(300_000, step, np.float64), "step": step})
+"""
+
+
+def test_two_writers_at_once_do_not_corrupt_each_other(tmp_path):
+    children = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(first), "15"],
+                                 cwd=ROOT) for first in (0, 100)]
+    for child in children:
+        assert child.wait(timeout=120) == 0
+    mgr = ckpt.CheckpointManager(tmp_path)
+    assert mgr.all_steps() == list(range(15)) + list(range(100, 115))
+    for step in mgr.all_steps():
+        state = mgr.restore(step)
+        assert state["step"] == step and (state["w"] == step).all()
+
+
+def test_writer_waits_for_the_lock_or_times_out(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, lock_timeout=0.3)
+    holder = filelock.FileLock(str(tmp_path / ".ckpt.lock"))
+    holder.acquire()
+    try:
+        # filelock locks are per open file: another handle in this process blocks too
+        started = time.monotonic()
+        with pytest.raises(ckpt.LockTimeoutError) as info:
+            mgr.save(1, {"x": 1})
+        assert time.monotonic() - started >= 0.25
+        assert ".ckpt.lock" in str(info.value) and isinstance(info.value, TimeoutError)
+        assert mgr.all_steps() == []
+    finally:
+        holder.release()
+    assert mgr.save(1, {"x": 1}) and mgr.all_steps() == [1]
+
+
+HOLDER = r"""
+import sys, time, filelock
+lock = filelock.FileLock(sys.argv[1]); lock.acquire()
+print("held", flush=True); time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_waiting_writer_proceeds_when_the_other_process_releases(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / ".ckpt.lock"), "1.0"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    ckpt.CheckpointManager(tmp_path).save(1, {"x": np.ones(3)})
+    assert time.monotonic() - started > 0.5  # it waited for the other process
+    holder.wait()
+
+
+READER = r"""
+import sys, time, ckpt
+mgr = ckpt.CheckpointManager(sys.argv[1])
+seen, deadline = 0, time.time() + float(sys.argv[2])
+while time.time() < deadline:
+    for step in mgr.all_steps():
+        try:
+            state = mgr.restore(step)
+        except ckpt.CheckpointNotFoundError:
+            continue    # pruned by the writer under us: move on
+        assert state["step"] == step and (state["w"] == step).all(), step
+        seen += 1
+print(seen)
+"""
+
+
+def test_readers_never_see_partial_checkpoints_while_a_writer_prunes(tmp_path):
+    ckpt.CheckpointManager(tmp_path).save(0, {"w": np.zeros(300_000), "step": 0})
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(tmp_path), "4"],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    writer = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(2))
+    deadline = time.time() + 4
+    step = 1
+    while time.time() < deadline:
+        writer.save(step, {"w": np.full(300_000, step, np.float64), "step": step})
+        step += 1
+    for reader in readers:
+        out, _ = reader.communicate(timeout=60)
+        assert reader.returncode == 0 and int(out) > 0

@@ -1,0 +1,299 @@
+"""CheckpointManager: save/restore, schedule, delete, restore-into, keys, corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import ckpt
+from ckpt.h5format import PACK_THRESHOLD
+from tests.conftest import assert_tree_equal
+from tests.test_tree import trees
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(tree=trees)
+def test_tree_round_trips_through_manager(tmp_path_factory, tree):
+    mgr = ckpt.CheckpointManager(tmp_path_factory.mktemp("m"))
+    mgr.save(3, tree)
+    assert_tree_equal(tree, mgr.restore(3))
+    assert_tree_equal(tree, mgr.restore())
+
+
+def test_listing_and_schedule(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path, save_every=10)
+    saved = [s for s in range(35) if mgr.save(s, small_state)]
+    assert saved == [0, 10, 20, 30] == mgr.all_steps()
+    assert mgr.latest_step() == 30
+    assert mgr.save(31, small_state, force=True)
+    assert mgr.should_save(40) and not mgr.should_save(41)
+    assert sorted(os.listdir(tmp_path)) == [".ckpt.lock", "step_0", "step_10", "step_20",
+                                            "step_30", "step_31"]
+    assert sorted(os.listdir(tmp_path / "step_10")) == ["manifest.json", "state.h5"]
+
+
+def test_save_every_seconds_uses_time_on_disk(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path, save_every_seconds=3600)
+    assert mgr.save(1, small_state)
+    assert not mgr.save(2, small_state)
+    # a restart does not reset the window: the last save time comes from the manifest
+    assert not ckpt.CheckpointManager(tmp_path, save_every_seconds=3600).should_save(3)
+
+
+def test_step_exists(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(5, small_state)
+    with pytest.raises(ckpt.StepExistsError) as info:
+        mgr.save(5, small_state)
+    assert info.value.step == 5 and "step_5" in str(info.value)
+    assert isinstance(info.value, FileExistsError)
+
+
+def test_delete_and_best_step(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepBest("acc", mode="max", n=2))
+    for step, acc in enumerate([0.5, 0.9, 0.7, 0.6]):
+        mgr.save(step, small_state, metrics={"acc": np.float32(acc)})
+    assert mgr.all_steps() == [1, 2, 3]  # best two plus the newest
+    assert mgr.best_step() == 1
+    assert mgr.best_step("acc", mode="min") == 3
+    mgr.delete(1)
+    assert mgr.all_steps() == [2, 3]
+    with pytest.raises(ckpt.CheckpointNotFoundError, match="step 1"):
+        mgr.delete(1)
+    assert mgr.info(2).metrics == {"acc": pytest.approx(0.7)}
+
+
+def test_metrics_and_metadata_are_checked_before_writing(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    with pytest.raises(ckpt.UnsupportedTypeError, match="metadata"):
+        mgr.save(1, small_state, metadata={"f": object()})
+    with pytest.raises(ckpt.UnsupportedTypeError, match="metrics/loss"):
+        mgr.save(1, small_state, metrics={"loss": [1, 2]})
+    with pytest.raises(ckpt.UnsupportedTypeError, match="bad"):
+        mgr.save(1, {"bad": object()})
+    assert os.listdir(tmp_path) == [".ckpt.lock"] or mgr.all_steps() == []
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+class Box:
+    """A stateful object in the PyTorch convention."""
+
+    def __init__(self, size=4):
+        self.values = np.zeros(size)
+        self.count = 0
+        self.loaded = None
+
+    def state_dict(self):
+        return {"values": self.values, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        self.count = state["count"]
+
+
+def test_restore_into_fills_arrays_in_place_and_loads_stateful(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    box = Box()
+    box.values[:] = 7
+    box.count = 3
+    state = {"w": np.arange(6.0).reshape(2, 3), "box": box, "step": 11}
+    mgr.save(1, state)
+    fresh_w = np.zeros((2, 3))
+    fresh_box = Box()
+    restored = mgr.restore(into={"w": fresh_w, "box": fresh_box, "step": 0})
+    assert restored["w"] is fresh_w and fresh_w[1, 2] == 5.0
+    assert restored["box"] is fresh_box and fresh_box.count == 3
+    assert (fresh_box.values == 7).all()  # filled in place through its state dict
+    assert restored["step"] == 11
+
+
+def test_strict_mismatch_lists_every_difference_and_touches_nothing(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, {"a": np.zeros(3), "b": np.zeros(2, np.float32), "c": 1, "d": [1, 2]})
+    template = {"a": np.ones(4), "b": np.ones(2, np.float64), "e": 5, "d": [1, 2]}
+    with pytest.raises(ckpt.StateMismatchError) as info:
+        mgr.restore(1, into=template)
+    error = info.value
+    kinds = {(m.key, m.kind) for m in error.mismatches}
+    assert kinds == {("a", "shape"), ("b", "dtype"), ("e", "missing"), ("c", "unexpected")}
+    message = str(error)
+    assert "(4,)" in message and "(3,)" in message and "float64" in message
+    assert "step_1" in message and isinstance(error, ValueError)
+    assert (template["a"] == 1).all() and (template["b"] == 1).all()
+
+
+def test_non_strict_restores_what_matches_and_reports_the_rest(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, {"a": np.arange(3.0), "b": np.zeros(2), "extra": 1})
+    template = {"a": np.zeros(3), "b": np.ones(5)}
+    with pytest.warns(UserWarning, match="b: shape"):
+        out = mgr.restore(into=template, strict=False)
+    assert out["a"] is template["a"] and (template["a"] == [0, 1, 2]).all()
+    assert (template["b"] == 1).all()
+
+
+def test_keys_restores_subtrees_only(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, small_state)
+    assert_tree_equal(mgr.restore(keys="model"), {"model": small_state["model"]})
+    only = mgr.restore(keys=[("opt", "state", 0)])
+    assert list(only) == ["opt"] and list(only["opt"]) == ["state"]
+    template = {"model": {"w": np.zeros((300, 100), np.float32), "b": np.zeros(100, np.float32)},
+                "opt": None, "step": 0}
+    out = mgr.restore(into=template, keys="model")
+    assert out["step"] == 0 and out["opt"] is None
+    assert (template["model"]["w"] == small_state["model"]["w"]).all()
+    with pytest.raises(ckpt.StateMismatchError, match="nope"):
+        mgr.restore(keys="nope")
+
+
+def test_keys_reads_only_the_named_subtree_from_disk(tmp_path):
+    """Damage outside the selected subtree does not matter: it is never read."""
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, {"keep": np.ones(4), "other": np.zeros(100_000)})
+    flip_byte_in_leaf(tmp_path / "step_1", "other")
+    assert mgr.restore(1, keys="keep")["keep"].sum() == 4
+    with pytest.raises(ckpt.CorruptCheckpointError):
+        mgr.restore(1)
+
+
+# ------------------------------------------------------------ corruption
+
+
+def leaf_entry(step_dir, name):
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    return next(e for e in manifest["files"]["state.h5"]["leaves"] if e["path"] == [name])
+
+
+def flip_byte_in_leaf(step_dir, name):
+    entry = leaf_entry(step_dir, name)
+    assert entry["nbytes"] >= PACK_THRESHOLD, "test needs a dataset leaf"
+    with open(step_dir / "state.h5", "r+b") as handle:
+        handle.seek(entry["offset"] + entry["nbytes"] // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0x10]))
+
+
+def three_steps(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    for step in (1, 2, 3):
+        mgr.save(step, {"weights": np.full(50_000, step, np.float32), "small": step})
+    return mgr
+
+
+def restore_latest_warning(mgr):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = mgr.restore()
+    return state, [str(w.message) for w in caught]
+
+
+def test_flipped_byte_in_array_data(tmp_path):
+    mgr = three_steps(tmp_path)
+    flip_byte_in_leaf(tmp_path / "step_3", "weights")
+    state, messages = restore_latest_warning(mgr)
+    assert state["small"] == 2
+    assert len(messages) == 1 and "step 3" in messages[0] and "weights" in messages[0]
+    with pytest.raises(ckpt.CorruptCheckpointError) as info:
+        mgr.restore(3)
+    assert info.value.key == "weights" and info.value.step == 3
+    assert "state.h5" in str(info.value) and "checksum" in str(info.value)
+    assert mgr.restore(3, verify=False)["small"] == 3  # verify=False skips the check
+
+
+def test_flipped_byte_in_packed_small_leaves(tmp_path):
+    mgr = three_steps(tmp_path)
+    manifest = json.loads((tmp_path / "step_3" / "manifest.json").read_text())
+    pack = manifest["files"]["state.h5"]["packs"][0]
+    with open(tmp_path / "step_3" / "state.h5", "r+b") as handle:
+        handle.seek(pack["offset"])
+        handle.write(b"\xff")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="small"):
+        mgr.restore(3)
+    assert restore_latest_warning(mgr)[0]["small"] == 2
+
+
+def test_truncated_data_file(tmp_path):
+    mgr = three_steps(tmp_path)
+    path = tmp_path / "step_3" / "state.h5"
+    os.truncate(path, os.path.getsize(path) // 2)
+    state, messages = restore_latest_warning(mgr)
+    assert state["small"] == 2 and "truncated" in messages[0]
+    with pytest.raises(ckpt.CorruptCheckpointError, match="truncated"):
+        mgr.restore(3)
+
+
+def test_missing_data_file(tmp_path):
+    mgr = three_steps(tmp_path)
+    os.unlink(tmp_path / "step_3" / "state.h5")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="missing"):
+        mgr.restore(3)
+    assert restore_latest_warning(mgr)[0]["small"] == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "wrong_step", "truncated_json",
+                                    "bad_offset"])
+def test_missing_or_damaged_manifest(tmp_path, damage):
+    mgr = three_steps(tmp_path)
+    path = tmp_path / "step_3" / "manifest.json"
+    text = path.read_text()
+    if damage == "missing":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\x01 not json")
+    elif damage == "wrong_step":
+        path.write_text(text.replace('"step":3', '"step":2'))
+    elif damage == "truncated_json":
+        path.write_text(text[: len(text) // 2])
+    else:
+        manifest = json.loads(text)
+        manifest["files"]["state.h5"]["leaves"][0]["offset"] = 10**12
+        path.write_text(json.dumps(manifest))
+    if damage != "bad_offset":
+        assert mgr.all_steps() == [1, 2]  # without a valid manifest it is no checkpoint
+    state, messages = restore_latest_warning(mgr)
+    assert state["small"] == 2
+    assert len(messages) == 1 and "step 3" in messages[0] and "manifest" in messages[0] \
+        or "outside the file" in messages[0]
+    with pytest.raises(ckpt.CorruptCheckpointError) as info:
+        mgr.restore(3)
+    assert info.value.step == 3 and "step_3" in str(info.value)
+    # a damaged step blocks its number until deleted, and delete works on it
+    with pytest.raises(ckpt.StepExistsError):
+        mgr.save(3, {"x": 1})
+    mgr.delete(3)
+    mgr.save(3, {"x": 1})
+
+
+def test_no_checkpoint_verifies(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, {"w": np.ones(50_000)})
+    flip_byte_in_leaf(tmp_path / "step_1", "w")
+    with pytest.warns(UserWarning), pytest.raises(ckpt.CorruptCheckpointError,
+                                                  match="no checkpoint verifies"):
+        mgr.restore()
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(ckpt.CheckpointNotFoundError, match="no checkpoints"):
+        ckpt.CheckpointManager(tmp_path).restore()
+    with pytest.raises(ckpt.CheckpointNotFoundError, match="step 4"):
+        ckpt.CheckpointManager(tmp_path).restore(4)
+
+
+def test_leftovers_of_a_crashed_writer_are_removed_by_the_next_writer(tmp_path, small_state):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(1, small_state)
+    (tmp_path / ".tmp-step_2-host-1-abc").mkdir()
+    (tmp_path / ".tmp-step_2-host-1-abc" / "state.h5").write_bytes(b"partial")
+    (tmp_path / ".trash-step_0-host-1-abc").mkdir()
+    assert mgr.all_steps() == [1]
+    mgr.save(2, small_state)
+    assert sorted(os.listdir(tmp_path)) == [".ckpt.lock", "step_1", "step_2"]
