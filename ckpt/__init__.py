@@ -8,6 +8,7 @@ from ckpt.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     LockTimeoutError,
+    SaveError,
     StateMismatchError,
     StepExistsError,
     UnsupportedTypeError,
@@ -42,6 +43,7 @@ __all__ = [
     "UnsupportedTypeError",
     "StepExistsError",
     "LockTimeoutError",
+    "SaveError",
 ]
 
 # a library logs, the application decides where it goes

@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedTypeError",
     "StepExistsError",
     "LockTimeoutError",
+    "SaveError",
     "Mismatch",
 ]
 
@@ -145,3 +146,32 @@ class LockTimeoutError(CheckpointError, TimeoutError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.timeout))
+
+
+class SaveError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, I/O error, permissions).
+
+    Keeps the cause's ``errno`` (``ENOSPC`` for a full disk) so callers can test it;
+    nothing of the failed save is left visible and older checkpoints are intact.
+    """
+
+    def __init__(self, path: str, step: int | None, errno_: int | None, reason: str) -> None:
+        self.step = step
+        self.reason = reason
+        what = f"step {step}" if step is not None else "checkpoint"
+        super().__init__(errno_, f"could not save {what}: {reason}", str(path))
+
+    @classmethod
+    def from_os_error(cls, path: str, step: int | None, error: OSError) -> SaveError:
+        """Wrap ``error``, saying plainly when the disk is full."""
+        import errno
+
+        reason = error.strerror or str(error)
+        if error.errno == errno.ENOSPC:
+            reason += " (the disk is full)"
+        elif error.errno == errno.EFBIG:
+            reason += " (the file size limit was reached)"
+        return cls(path, step, error.errno, reason)
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.step, self.errno, self.reason))

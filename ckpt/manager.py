@@ -23,8 +23,10 @@ from typing import Any
 
 from ckpt import _failpoints, fsutil, h5format, manifest, template
 from ckpt.errors import (
+    CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    SaveError,
     StateMismatchError,
     StepExistsError,
 )
@@ -186,8 +188,10 @@ class CheckpointManager:
                 self._write_step(tmp, step, treedef, leaves, metrics, metadata)
                 _failpoints.hit("commit.before_rename")
                 os.rename(tmp, final)
-            except BaseException:
+            except BaseException as error:
                 fsutil.remove_dir(tmp)
+                if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+                    raise SaveError.from_os_error(final, step, error) from error
                 raise
             _failpoints.hit("commit.after_rename")
             fsutil.fsync_dir(self.directory)
