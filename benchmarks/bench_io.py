@@ -152,7 +152,8 @@ def report(title: str, nbytes: int, results: dict[str, tuple]) -> None:
     raw_save_t, raw_load_t = results["raw"]
     base = results.get("torch.save/load")
     print(f"\n{title}: {nbytes / 2**20:.0f} MiB")
-    head = f"{'variant':20} {'save s':>8} {'GB/s':>6} {'x raw':>6} {'load s':>8} {'GB/s':>6} {'x raw':>6}"
+    head = (f"{'variant':20} {'save s':>8} {'GB/s':>6} {'x raw':>6} "
+            f"{'load s':>8} {'GB/s':>6} {'x raw':>6}")
     if base:
         head += f" {'save x torch':>13} {'load x torch':>13}"
     print(head)

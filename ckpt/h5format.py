@@ -390,10 +390,7 @@ def read_leaves(
     total = sum(entries[n]["nbytes"] for n in big)
     total += sum(index["packs"][p]["nbytes"] for p in packs_needed)
     out: dict[int, Any] = {}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_size < index.get("file_nbytes", 0):
             raise CorruptCheckpointError(

@@ -30,7 +30,15 @@ from ckpt.errors import (
     StateMismatchError,
     StepExistsError,
 )
-from ckpt.policies import KeepAll, KeepBest, Policy, StepInfo, is_due, retained_steps
+from ckpt.policies import (
+    KeepAll,
+    KeepBest,
+    Policy,
+    StepInfo,
+    is_due,
+    retained_steps,
+    to_spec,
+)
 from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
 
 __all__ = ["CheckpointManager"]
@@ -203,7 +211,8 @@ class CheckpointManager:
                     metrics: dict, metadata: Any) -> None:
         index = h5format.write_state(tmp / manifest.DATA_NAME, treedef, leaves,
                                      progress=self.progress)
-        record = manifest.build(step, time.time(), metrics, metadata, index)
+        record = manifest.build(step, time.time(), metrics, metadata, index,
+                                retention=to_spec(self.keep))
         _failpoints.hit("manifest.before_write")
         with open(tmp / manifest.MANIFEST_NAME, "xb") as handle:
             handle.write(manifest.encode(record))

@@ -54,12 +54,16 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict) -> dict:
-    """The manifest of one step whose single data file has ``index``."""
+def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict,
+          retention: list | None = None) -> dict:
+    """The manifest of one step whose single data file has ``index``.
+
+    ``retention`` describes the saving manager's policy (``policies.to_spec``).
+    """
     file_index = {k: v for k, v in index.items() if k != "metadata"}
     return {"format": h5format.FORMAT, "version": h5format.VERSION, "step": step,
             "time": saved_at, "metrics": metrics, "metadata": metadata,
-            "versions": _versions(), "files": {DATA_NAME: file_index}}
+            "retention": retention, "versions": _versions(), "files": {DATA_NAME: file_index}}
 
 
 def encode(manifest: dict) -> bytes:

@@ -23,6 +23,8 @@ __all__ = [
     "AnyOf",
     "retained_steps",
     "is_due",
+    "to_spec",
+    "from_spec",
 ]
 
 
@@ -174,3 +176,34 @@ def is_due(step: int, now: float, last_save_time: float | None, *,
     if every_seconds is not None:
         return last_save_time is None or now - last_save_time >= every_seconds
     return False
+
+
+def to_spec(policy: Policy) -> list[dict[str, Any]]:
+    """A JSON description of a policy (stored in each manifest, so that tools such
+    as ``ckpt ls`` can say which policy keeps a step without being told)."""
+    specs = []
+    for part in _parts(policy):
+        fields = {k: v for k, v in vars(part).items() if v is not None}
+        specs.append({"policy": type(part).__name__, **fields})
+    return specs
+
+
+_BY_NAME = {cls.__name__: cls for cls in (KeepLast, KeepEvery, KeepBest, KeepAll)}
+
+
+def from_spec(spec: Any) -> Policy | None:
+    """The policy :func:`to_spec` described, or None if ``spec`` is not one."""
+    try:
+        parts = []
+        for entry in spec:
+            fields = dict(entry)
+            cls = _BY_NAME[fields.pop("policy")]
+            if cls is KeepEvery:
+                parts.append(KeepEvery(fields.get("steps"), seconds=fields.get("seconds")))
+            else:
+                parts.append(cls(**fields))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AnyOf(*parts)

@@ -86,7 +86,8 @@ def test_schedule():
     assert is_due(11, 106.0, 95.0, every=5, every_seconds=10)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(losses=st.lists(st.floats(0, 10), min_size=1, max_size=12), n_last=st.integers(1, 3))
 def test_manager_retention_matches_policy_and_survives_restart(tmp_path_factory, losses, n_last):
     directory = tmp_path_factory.mktemp("ret")

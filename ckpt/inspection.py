@@ -1,0 +1,645 @@
+"""Read-only views of a checkpoint directory, and pruning: what the ``ckpt`` command shows.
+
+Every function returns data (small frozen dataclasses) and never prints; the CLI
+formats it. Arrays are read leaf by leaf (small leaves pack by pack), so verifying,
+diffing or exporting a large checkpoint holds at most one large leaf at a time
+(two for a diff, all of them for a ``.safetensors`` export).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ckpt import fsutil, h5format, manifest
+from ckpt._progress import progress_bar
+from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ckpt.manager import CheckpointManager
+from ckpt.policies import (
+    AnyOf,
+    KeepAll,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    Policy,
+    StepInfo,
+    from_spec,
+    retained_steps,
+)
+from ckpt.tree import keystr, leaf_paths
+
+__all__ = [
+    "StepRow",
+    "LeafRow",
+    "Description",
+    "VerifyResult",
+    "LeafDiff",
+    "PruneResult",
+    "checkpoint_dir",
+    "resolve",
+    "step_dirs",
+    "latest_step",
+    "build_policy",
+    "list_steps",
+    "describe",
+    "verify",
+    "verify_step",
+    "diff_steps",
+    "prune",
+    "open_step",
+    "iter_arrays",
+    "leaf_dtype",
+    "bits_only",
+]
+
+# kinds whose dtype and shape are the user's (the others are Python scalars, str, bytes)
+_ARRAY_KINDS = ("ndarray", "npscalar", "torch")
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One ``step_<N>`` directory; ``error`` is set when it has no valid manifest."""
+
+    step: int
+    path: str
+    nbytes: int = 0
+    time: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    kept_by: tuple[str, ...] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LeafRow:
+    """One leaf of a tree (or one dataset of a plain HDF5 file)."""
+
+    key: str
+    path: tuple[str | int, ...]
+    kind: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Description:
+    """What ``ckpt show`` shows: where it came from, its leaves and its metadata."""
+
+    source: str
+    format: str  # "ckpt-step", "ckpt-file" or "hdf5"
+    leaves: list[LeafRow]
+    nbytes: int
+    step: int | None = None
+    time: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metadata: Any = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of checking one step; ``error`` names the file and key that failed."""
+
+    step: int
+    path: str
+    error: str | None = None
+    leaves: int = 0
+    nbytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every checksum matched."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class LeafDiff:
+    """One leaf compared between two steps: ``same``, ``changed``, ``only_a`` or ``only_b``."""
+
+    key: str
+    path: tuple[str | int, ...]
+    status: str
+    detail: str | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Steps deleted (or, with ``dry_run``, that would be) and steps kept."""
+
+    deleted: list[StepRow]
+    kept: list[int]
+    dry_run: bool
+
+
+# ------------------------------------------------------------ directories
+
+
+def checkpoint_dir(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` as a Path, after checking that it is a checkpoint directory.
+
+    A checkpoint directory holds ``step_<N>`` directories or the writer lock file.
+    Raises ``CheckpointNotFoundError`` when it does not exist, ``CheckpointError``
+    when it is something else.
+    """
+    path = Path(directory)
+    if not path.exists():
+        raise CheckpointNotFoundError(str(path), detail="no such directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory")
+    if not step_dirs(path) and not (path / fsutil.LOCK_NAME).exists():
+        raise CheckpointError(f"{path} is not a checkpoint directory "
+                              f"(no step_<N> directories and no {fsutil.LOCK_NAME})")
+    return path
+
+
+def step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
+    """``{step: path}`` of every ``step_<N>`` directory, valid or not, sorted by step."""
+    found = {}
+    for entry in os.scandir(directory):
+        step = fsutil.parse_step_dir(entry.name)
+        if step is not None and entry.is_dir(follow_symlinks=False):
+            found[step] = entry.path
+    return dict(sorted(found.items()))
+
+
+def _step_dir(directory: Path, step: int) -> str:
+    path = directory / fsutil.step_dir_name(step)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(str(path), step)
+    return str(path)
+
+
+def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
+    """Valid checkpoints, and ``{step: reason}`` for step directories that are not."""
+    infos, damaged = [], {}
+    for step, path in step_dirs(directory).items():
+        try:
+            infos.append(manifest.step_info(manifest.read(path, step), path))
+        except CorruptCheckpointError as error:
+            damaged[step] = error.reason
+        except FileNotFoundError:
+            pass  # deleted by a writer while we looked
+    return infos, damaged
+
+
+def latest_step(directory: str | os.PathLike[str]) -> int:
+    """The newest step with a valid manifest; ``CheckpointNotFoundError`` when none."""
+    infos, _ = _infos(Path(directory))
+    if not infos:
+        raise CheckpointNotFoundError(str(directory), detail="no checkpoints in this directory")
+    return infos[-1].step
+
+
+def _disk_size(path: str) -> int:
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+# ---------------------------------------------------------------- policies
+
+
+def build_policy(*, keep_last: int | None = None, keep_every: int | None = None,
+                 keep_best: str | None = None, mode: str = "min") -> Policy | None:
+    """The union of the policies asked for, or None when none is."""
+    parts: list[Policy] = []
+    if keep_last is not None:
+        parts.append(KeepLast(keep_last))
+    if keep_every is not None:
+        parts.append(KeepEvery(keep_every))
+    if keep_best is not None:
+        parts.append(KeepBest(keep_best, mode=mode))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AnyOf(*parts)
+
+
+def _parts(policy: Policy) -> tuple[Policy, ...]:
+    return policy.policies if isinstance(policy, AnyOf) else (policy,)
+
+
+def _label(policy: Policy) -> str:
+    labels = {KeepLast: "last", KeepEvery: "every", KeepBest: "best", KeepAll: "all"}
+    return labels.get(type(policy), type(policy).__name__)
+
+
+def kept_by(policy: Policy, infos: list[StepInfo]) -> dict[int, tuple[str, ...]]:
+    """For each step, the labels of the policies that keep it (``()``: it would be pruned).
+
+    The newest step, which pruning never deletes, is labelled ``newest`` when no
+    policy keeps it.
+    """
+    keeps = [(_label(part), part.keep(infos)) for part in _parts(policy)]
+    out = {info.step: tuple(label for label, kept in keeps if info.step in kept)
+           for info in infos}
+    if infos and not out[infos[-1].step]:
+        out[infos[-1].step] = ("newest",)
+    return out
+
+
+def _check_metrics(policy: Policy, infos: list[StepInfo]) -> None:
+    for part in _parts(policy):
+        if isinstance(part, KeepBest) and infos and not part.ranked(infos):
+            raise CheckpointError(f"no checkpoint has a numeric metric {part.metric!r}; "
+                                  "refusing to prune by it")
+
+
+# ------------------------------------------------------------------- ls
+
+
+def stored_policy(step_dir: str, step: int) -> Policy | None:
+    """The retention policy of the manager that saved ``step`` (from its manifest)."""
+    try:
+        return from_spec(manifest.read(step_dir, step).get("retention"))
+    except (CheckpointError, OSError):
+        return None
+
+
+def list_steps(directory: str | os.PathLike[str], policy: Policy | None = None) -> list[StepRow]:
+    """One row per step directory, damaged ones included, sorted by step.
+
+    Each valid row says which part of ``policy`` would keep it; without a policy,
+    the one the newest checkpoint was saved under (recorded in its manifest).
+    """
+    directory = checkpoint_dir(directory)
+    infos, damaged = _infos(directory)
+    if policy is None and infos:
+        policy = stored_policy(infos[-1].path, infos[-1].step)
+    keepers = kept_by(policy, infos) if policy is not None else {}
+    rows = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
+                    metrics=i.metrics, kept_by=keepers.get(i.step)) for i in infos]
+    dirs = step_dirs(directory)
+    rows += [StepRow(step=s, path=dirs[s], nbytes=_disk_size(dirs[s]), error=reason)
+             for s, reason in damaged.items()]
+    return sorted(rows, key=lambda row: row.step)
+
+
+# ----------------------------------------------------------------- show
+
+
+def resolve(path: str | os.PathLike[str], step: int | None = None) -> tuple[Path, int | None]:
+    """``(checkpoint directory, step)``, also when ``path`` is a ``step_<N>`` directory."""
+    path = Path(path)
+    number = fsutil.parse_step_dir(path.name)
+    if (step is None and number is not None and path.is_dir() and not step_dirs(path)
+            and not (path / fsutil.LOCK_NAME).exists()):
+        return checkpoint_dir(path.parent), number
+    return checkpoint_dir(path), step
+
+
+def describe(path: str | os.PathLike[str], step: int | None = None) -> Description:
+    """Describe a checkpoint directory's step (latest when None) or an HDF5 file."""
+    path = Path(path)
+    if path.is_dir():
+        return describe_step(*resolve(path, step))
+    if not path.exists():
+        raise CheckpointNotFoundError(str(path))
+    if step is not None:
+        raise CheckpointError(f"{path} is a file: a step only applies to a checkpoint directory")
+    return describe_file(path)
+
+
+def describe_step(directory: str | os.PathLike[str], step: int | None = None) -> Description:
+    """The tree, metrics and metadata of one step, from its manifest alone."""
+    directory = checkpoint_dir(directory)
+    step = latest_step(directory) if step is None else step
+    step_dir = _step_dir(directory, step)
+    record = _read_manifest(step_dir, step)
+    index = record["files"][manifest.DATA_NAME]
+    h5format.validate_index(index, os.path.join(step_dir, manifest.MANIFEST_NAME), None)
+    return Description(source=step_dir, format="ckpt-step", leaves=_leaf_rows(index),
+                       nbytes=_disk_size(step_dir), step=step, time=float(record["time"]),
+                       metrics=dict(record["metrics"]), metadata=record.get("metadata"))
+
+
+def describe_file(path: str | os.PathLike[str]) -> Description:
+    """The leaves of a ``ckpt.save`` file, or the datasets of any other HDF5 file."""
+    path = os.fspath(path)
+    size = os.stat(path).st_size
+    if h5format.is_ckpt_file(path):
+        index = h5format.read_header_index(path)
+        return Description(source=path, format="ckpt-file", leaves=_leaf_rows(index),
+                           nbytes=size, metadata=index.get("metadata"))
+    if not h5py.is_hdf5(path):
+        raise CheckpointError(f"{path} is not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as file:
+            rows = _dataset_rows(file)
+            attributes = {name: _jsonable(value) for name, value in file.attrs.items()}
+    except OSError as error:
+        raise CorruptCheckpointError(path, f"unreadable HDF5 file ({error})") from None
+    return Description(source=path, format="hdf5", leaves=rows, nbytes=size,
+                       metadata=attributes or None)
+
+
+def _leaf_rows(index: dict) -> list[LeafRow]:
+    entries = index["leaves"]
+    return [_leaf_row(tuple(path), entries[number])
+            for path, number in leaf_paths(index["tree"])]
+
+
+def _leaf_row(path: tuple[str | int, ...], entry: dict) -> LeafRow:
+    shape = tuple(entry["shape"]) if entry["kind"] in _ARRAY_KINDS else None
+    return LeafRow(key=keystr(path), path=path, kind=entry["kind"], dtype=leaf_dtype(entry),
+                   shape=shape, nbytes=int(entry["nbytes"]))
+
+
+def leaf_dtype(entry: dict) -> str | None:
+    """The dtype a user sees (a torch leaf's own dtype name); None for non-array leaves."""
+    if entry["kind"] not in _ARRAY_KINDS:
+        return None
+    torch_dtype = (entry.get("extra") or {}).get("dtype")
+    if entry["kind"] == "torch" and isinstance(torch_dtype, str):
+        return torch_dtype.removeprefix("torch.")
+    return np.dtype(entry["dtype"]).name
+
+
+def bits_only(entry: dict) -> bool:
+    """True for a torch leaf stored as the bits of a dtype numpy lacks (bfloat16, float8)."""
+    if entry["kind"] != "torch":
+        return False
+    try:
+        return np.dtype(leaf_dtype(entry)) != np.dtype(entry["dtype"]).newbyteorder("=")
+    except TypeError:
+        return True
+
+
+def _dataset_rows(file: h5py.File) -> list[LeafRow]:
+    """Every dataset under ``file``, found without reading any data."""
+    rows: list[LeafRow] = []
+
+    def visit(name: str, node: Any) -> None:
+        if isinstance(node, h5py.Dataset):
+            rows.append(_dataset_row(name, node))
+
+    file.visititems(visit)
+    return rows
+
+
+def _dataset_row(name: str, dataset: h5py.Dataset) -> LeafRow:
+    string = h5py.check_string_dtype(dataset.dtype)
+    dtype = "str" if string else str(dataset.dtype)
+    shape = dataset.shape
+    size = 0 if shape is None else int(np.prod(shape, dtype=np.int64))
+    return LeafRow(key=name, path=tuple(name.split("/")), kind="dataset", dtype=dtype,
+                   shape=shape, nbytes=size * dataset.dtype.itemsize)
+
+
+def _jsonable(value: Any) -> Any:
+    """An HDF5 attribute as a JSON value (bytes decoded, arrays as lists)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _jsonable(value.tolist())
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------- reading
+
+
+def open_step(directory: str | os.PathLike[str], step: int) -> tuple[str, dict, dict]:
+    """``(data path, index, manifest)`` of a step, the index checked against the file."""
+    directory = Path(directory)
+    step_dir = _step_dir(directory, step)
+    record = _read_manifest(step_dir, step)
+    data_path = os.path.join(step_dir, manifest.DATA_NAME)
+    try:
+        size = os.stat(data_path).st_size
+    except FileNotFoundError:
+        if not os.path.isdir(step_dir):  # deleted by a writer while we looked
+            raise CheckpointNotFoundError(step_dir, step) from None
+        raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
+    index = record["files"][manifest.DATA_NAME]
+    h5format.validate_index(index, data_path, size)
+    return data_path, index, record
+
+
+def _read_groups(index: dict, numbers: Any = None) -> list[tuple[set[int], int]]:
+    """Leaf numbers in reading order, grouped so that one group is one read.
+
+    Packed small leaves go together (one read per pack), each large leaf alone.
+    Each group comes with the number of bytes reading it costs.
+    """
+    entries = index["leaves"]
+    numbers = range(len(entries)) if numbers is None else numbers
+    packs: dict[int, set[int]] = {}
+    big = []
+    for number in numbers:
+        entry = entries[number]
+        if "pack" in entry:
+            packs.setdefault(entry["pack"], set()).add(number)
+        else:
+            big.append(({number}, int(entry["nbytes"])))
+    packed = [(members, int(index["packs"][p]["nbytes"])) for p, members in sorted(packs.items())]
+    return packed + big
+
+
+def iter_arrays(data_path: str, index: dict, numbers: Any = None,
+                 bar: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(leaf number, encoded array)``, checksums verified, one group in memory at a time."""
+    for group, cost in _read_groups(index, numbers):
+        arrays = h5format.read_leaves(data_path, index, group, verify=True, progress=False)
+        if bar is not None:
+            bar.update(cost)
+        yield from sorted(arrays.items())
+
+
+def _read_manifest(step_dir: str, step: int) -> dict:
+    try:
+        return manifest.read(step_dir, step)
+    except CorruptCheckpointError as error:
+        raise _with_step(error, step) from None
+
+
+def _with_step(error: CorruptCheckpointError, step: int) -> CorruptCheckpointError:
+    if error.step is not None:
+        return error
+    return CorruptCheckpointError(error.path, error.reason, error.key, step)
+
+
+# --------------------------------------------------------------- verify
+
+
+def verify(directory: str | os.PathLike[str], step: int | None = None, *,
+           progress: bool | None = None) -> Iterator[VerifyResult]:
+    """Check every checksum of ``step``, or of every step directory (damaged ones fail).
+
+    ``directory`` may also be one ``step_<N>`` directory.
+    """
+    directory, step = resolve(directory, step)
+    if step is not None:
+        yield verify_step(directory, step, progress=progress)
+        return
+    for candidate in step_dirs(directory):
+        try:
+            yield verify_step(directory, candidate, progress=progress)
+        except CheckpointNotFoundError:
+            pass  # deleted by a writer while we verified the others
+
+
+def verify_step(directory: str | os.PathLike[str], step: int, *,
+                progress: bool | None = None) -> VerifyResult:
+    """Read every leaf of ``step`` and check its checksum, and the file's own index.
+
+    Raises ``CheckpointNotFoundError`` when there is no such step; any damage is
+    reported in the result.
+    """
+    directory = Path(directory)
+    step_dir = _step_dir(directory, step)
+    try:
+        leaves, nbytes = _verify(directory, step, progress)
+    except CorruptCheckpointError as error:
+        return VerifyResult(step, step_dir, error=str(_with_step(error, step)))
+    except FileNotFoundError:
+        if not os.path.isdir(step_dir):
+            raise CheckpointNotFoundError(step_dir, step) from None
+        raise
+    return VerifyResult(step, step_dir, leaves=leaves, nbytes=nbytes)
+
+
+def _verify(directory: Path, step: int, progress: bool | None) -> tuple[int, int]:
+    data_path, index, _ = open_step(directory, step)
+    header_index = h5format.read_header_index(data_path)
+    for part in ("tree", "leaves", "packs"):
+        if header_index.get(part) != index.get(part):
+            raise CorruptCheckpointError(data_path, f"the file's own index ({part}) "
+                                         "differs from the manifest's", step=step)
+    total = sum(cost for _, cost in _read_groups(index))
+    with progress_bar(total, f"verifying step {step}", progress) as bar:
+        for _ in iter_arrays(data_path, index, bar=bar):
+            pass
+    return len(index["leaves"]), total
+
+
+# ----------------------------------------------------------------- diff
+
+
+def diff_steps(directory: str | os.PathLike[str], step_a: int, step_b: int) -> list[LeafDiff]:
+    """Compare two steps leaf by leaf (by key path); checksums are verified while reading.
+
+    Leaves of ``step_a`` come first in its order, then those only in ``step_b``.
+    """
+    directory = checkpoint_dir(directory)
+    side_a, side_b = _Side(directory, step_a), _Side(directory, step_b)
+    out = []
+    for path, number in side_a.numbers.items():
+        if path not in side_b.numbers:
+            out.append(LeafDiff(keystr(path), path, "only_a"))
+        else:
+            out.append(_compare(path, side_a, number, side_b, side_b.numbers[path]))
+    out += [LeafDiff(keystr(path), path, "only_b")
+            for path in side_b.numbers if path not in side_a.numbers]
+    return out
+
+
+class _Side:
+    """One step of a diff: its index, and its packed leaves read up front."""
+
+    def __init__(self, directory: Path, step: int) -> None:
+        self.data_path, self.index, _ = open_step(directory, step)
+        self.entries = self.index["leaves"]
+        self.numbers = {tuple(path): number for path, number in leaf_paths(self.index["tree"])}
+        packed = [n for n, entry in enumerate(self.entries) if "pack" in entry]
+        self.packed = dict(iter_arrays(self.data_path, self.index, packed))
+
+    def array(self, number: int) -> np.ndarray:
+        """The encoded array of leaf ``number``."""
+        if number in self.packed:
+            return self.packed[number]
+        return dict(iter_arrays(self.data_path, self.index, [number]))[number]
+
+
+def _compare(path: tuple, side_a: _Side, number_a: int, side_b: _Side,
+             number_b: int) -> LeafDiff:
+    entry_a, entry_b = side_a.entries[number_a], side_b.entries[number_b]
+    key = keystr(path)
+    described = _describe_change(entry_a, entry_b)
+    if described:
+        return LeafDiff(key, path, "changed", described)
+    if "checksum" in entry_a and entry_a.get("checksum") == entry_b.get("checksum"):
+        return LeafDiff(key, path, "same")  # both large and stored alike: no need to read
+    a, b = side_a.array(number_a), side_b.array(number_b)
+    if np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)):
+        return LeafDiff(key, path, "same")
+    a, b = _numbers(entry_a, a), _numbers(entry_b, b)
+    if a is None or b is None:
+        return LeafDiff(key, path, "changed")
+    return LeafDiff(key, path, "changed", max_abs_diff=_max_abs_diff(a, b))
+
+
+def _numbers(entry: dict, array: np.ndarray) -> np.ndarray | None:
+    """The leaf's values as a numeric array, or None when it has no numeric values."""
+    if entry["kind"] in ("str", "bytes", "bigint", "none") or array.dtype.kind not in "biufc":
+        return None
+    if not bits_only(entry):
+        return array
+    if leaf_dtype(entry) == "bfloat16":  # the top half of a float32
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return None
+
+
+def _describe_change(entry_a: dict, entry_b: dict) -> str | None:
+    """Why two leaves differ without reading them (type, dtype, shape), or None."""
+    if entry_a["kind"] != entry_b["kind"]:
+        return f"type {entry_a['kind']} -> {entry_b['kind']}"
+    if entry_a["kind"] not in _ARRAY_KINDS:
+        return None
+    if entry_a["dtype"] != entry_b["dtype"] or leaf_dtype(entry_a) != leaf_dtype(entry_b):
+        return f"dtype {leaf_dtype(entry_a)} -> {leaf_dtype(entry_b)}"
+    if entry_a["shape"] != entry_b["shape"]:
+        return f"shape {tuple(entry_a['shape'])} -> {tuple(entry_b['shape'])}"
+    return None
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over elements; NaN where only one side is NaN, 0 where both are."""
+    wide = np.complex128 if a.dtype.kind == "c" else np.float64
+    x, y = a.astype(wide), b.astype(wide)
+    with np.errstate(invalid="ignore"):
+        equal = (x == y) | (np.isnan(x) & np.isnan(y))
+        return float(np.where(equal, 0.0, np.abs(x - y)).max()) if x.size else 0.0
+
+
+# ---------------------------------------------------------------- prune
+
+
+def prune(directory: str | os.PathLike[str], policy: Policy, *, dry_run: bool = False,
+          lock_timeout: float | None = None) -> PruneResult:
+    """Delete the steps ``policy`` does not keep; never the newest one.
+
+    Each step goes the way the manager deletes: under the writer lock, renamed to
+    a trash name, then removed. Refuses a ``KeepBest`` whose metric no checkpoint
+    carries (a typo would otherwise delete the best checkpoint).
+    """
+    directory = checkpoint_dir(directory)
+    infos, _ = _infos(directory)
+    _check_metrics(policy, infos)
+    kept = retained_steps(policy, infos)
+    doomed = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
+                      metrics=i.metrics) for i in infos if i.step not in kept]
+    if not dry_run:
+        manager = CheckpointManager(directory, keep=policy, lock_timeout=lock_timeout)
+        for row in doomed:
+            try:
+                manager.delete(row.step)
+            except CheckpointNotFoundError:
+                pass  # another writer deleted it first
+    return PruneResult(deleted=doomed, kept=sorted(kept), dry_run=dry_run)
