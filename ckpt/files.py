@@ -15,7 +15,13 @@ import h5py
 import numpy as np
 
 from ckpt import fsutil, h5format
-from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, StateMismatchError
+from ckpt.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    SaveError,
+    StateMismatchError,
+)
 from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
 
 __all__ = ["save", "load", "load_metadata"]
@@ -38,11 +44,13 @@ def save(path: str | os.PathLike[str], tree: Any, *, metadata: Any = None,
     try:
         h5format.write_state(tmp, treedef, leaves, metadata=metadata, progress=progress)
         os.replace(tmp, path)
-    except BaseException:
+        fsutil.fsync_dir(path.parent)
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+            raise SaveError.from_os_error(path, None, error) from error
         raise
-    fsutil.fsync_dir(path.parent)
 
 
 def _check_json(metadata: Any) -> None:

@@ -184,28 +184,36 @@ class CheckpointManager:
                 metadata: Any) -> None:
         final = self.directory / fsutil.step_dir_name(step)
         started = time.perf_counter()
-        with fsutil.writer_lock(self.directory, self.lock_timeout):
-            _failpoints.hit("lock.acquired")
-            fsutil.remove_leftovers(self.directory)
-            if final.exists():
-                raise StepExistsError(final, step)
-            tmp = self.directory / fsutil.tmp_name(final.name)
-            tmp.mkdir()
-            _failpoints.hit("tmpdir.created")
-            try:
-                self._write_step(tmp, step, treedef, leaves, metrics, metadata)
-                _failpoints.hit("commit.before_rename")
-                os.rename(tmp, final)
-            except BaseException as error:
-                fsutil.remove_dir(tmp)
-                if isinstance(error, OSError) and not isinstance(error, CheckpointError):
-                    raise SaveError.from_os_error(final, step, error) from error
+        try:
+            with fsutil.writer_lock(self.directory, self.lock_timeout):
+                _failpoints.hit("lock.acquired")
+                self._commit_locked(final, step, treedef, leaves, metrics, metadata)
+                log.info("saved step %d to %s in %.2f s", step, final,
+                         time.perf_counter() - started)
+                self._prune()
+        except OSError as error:
+            if isinstance(error, CheckpointError):
                 raise
-            _failpoints.hit("commit.after_rename")
-            fsutil.fsync_dir(self.directory)
-            _failpoints.hit("commit.after_dir_fsync")
-            log.info("saved step %d to %s in %.2f s", step, final, time.perf_counter() - started)
-            self._prune()
+            raise SaveError.from_os_error(final, step, error) from error
+
+    def _commit_locked(self, final: Path, step: int, treedef: Any, leaves: list,
+                       metrics: dict, metadata: Any) -> None:
+        fsutil.remove_leftovers(self.directory)
+        if final.exists():
+            raise StepExistsError(final, step)
+        tmp = self.directory / fsutil.tmp_name(final.name)
+        tmp.mkdir()
+        try:
+            _failpoints.hit("tmpdir.created")
+            self._write_step(tmp, step, treedef, leaves, metrics, metadata)
+            _failpoints.hit("commit.before_rename")
+            os.rename(tmp, final)
+        except BaseException:
+            fsutil.remove_dir(tmp)
+            raise
+        _failpoints.hit("commit.after_rename")
+        fsutil.fsync_dir(self.directory)
+        _failpoints.hit("commit.after_dir_fsync")
 
     def _write_step(self, tmp: Path, step: int, treedef: Any, leaves: list,
                     metrics: dict, metadata: Any) -> None:
@@ -228,7 +236,16 @@ class CheckpointManager:
         for info in infos:
             if info.step not in kept:
                 log.info("retention: deleting step %d (kept: %s)", info.step, sorted(kept))
-                self._remove(info.step, info.path)
+                try:
+                    self._remove(info.step, info.path)
+                except OSError as error:
+                    # The new step is committed and safe; the next save prunes again
+                    # (and clears a half-deleted trash directory), so this is no
+                    # reason to report the save itself as failed.
+                    warnings.warn(f"ckpt: could not delete step {info.step} "
+                                  f"({info.path}): {error}", stacklevel=4)
+                    log.warning("could not delete step %d: %s", info.step, error)
+                    return
 
     def _remove(self, step: int, step_dir: str) -> None:
         trash = self.directory / fsutil.trash_name(fsutil.step_dir_name(step))
@@ -341,6 +358,45 @@ class CheckpointManager:
             filled = template.fill(part, value, apply=True, path=path)
             result = _replace(result, path, filled)
         return result
+
+    # ----------------------------------------------------------- polling
+
+    def wait_for_new_step(self, after: int | None = None, timeout: float | None = None,
+                          poll_interval: float = 0.5) -> int | None:
+        """Block until a committed step newer than ``after`` exists; return it.
+
+        For evaluators that follow a training run from another process. Returns the
+        newest such step, or None when ``timeout`` seconds pass first. ``after=None``
+        accepts any step.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            latest = self.latest_step()
+            if latest is not None and (after is None or latest > after):
+                return latest
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            remaining = poll_interval if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(poll_interval, remaining)))
+
+    def new_steps(self, after: int | None = None, timeout: float | None = None,
+                  poll_interval: float = 0.5) -> Iterator[int]:
+        """Yield newly committed steps in order, as they appear.
+
+        Ends when no new step appears for ``timeout`` seconds (``None``: never).
+        Steps committed and pruned between two polls are not seen; a step pruned
+        after it was yielded makes ``restore`` raise ``CheckpointNotFoundError``,
+        which an evaluator can catch to move on.
+        """
+        last = after
+        while True:
+            latest = self.wait_for_new_step(last, timeout, poll_interval)
+            if latest is None:
+                return
+            for step in self.all_steps():
+                if last is None or step > last:
+                    yield step
+                    last = step
 
     # ---------------------------------------------------------- lifetime
 

@@ -98,3 +98,45 @@ def test_readers_never_see_partial_checkpoints_while_a_writer_prunes(tmp_path):
     for reader in readers:
         out, _ = reader.communicate(timeout=60)
         assert reader.returncode == 0 and int(out) > 0
+
+
+EVALUATOR = r"""
+import sys, ckpt
+mgr = ckpt.CheckpointManager(sys.argv[1])
+restored, pruned, last = 0, 0, -1
+for step in mgr.new_steps(timeout=float(sys.argv[2]), poll_interval=0.01):
+    assert step > last, (step, last)   # new steps arrive in order, each once
+    last = step
+    try:
+        state = mgr.restore(step)
+    except ckpt.CheckpointNotFoundError:
+        pruned += 1                     # pruned under us: report and move on
+        continue
+    assert state["step"] == step and (state["w"] == step).all(), step
+    restored += 1
+print(restored, pruned, last)
+"""
+
+
+def test_evaluator_polls_new_steps_while_the_writer_saves_and_prunes(tmp_path):
+    evaluator = subprocess.Popen([sys.executable, "-c", EVALUATOR, str(tmp_path), "3"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=ROOT)
+    writer = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(1))
+    for step in range(60):
+        writer.save(step, {"w": np.full(200_000, step, np.float64), "step": step})
+    out, err = evaluator.communicate(timeout=120)
+    assert evaluator.returncode == 0, err
+    restored, pruned, last = map(int, out.split())
+    assert restored > 0 and last == 59
+
+
+def test_wait_for_new_step(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    started = time.monotonic()
+    assert mgr.wait_for_new_step(timeout=0.2, poll_interval=0.05) is None
+    assert time.monotonic() - started >= 0.2
+    mgr.save(3, {"x": 1})
+    assert mgr.wait_for_new_step(timeout=0.2) == 3
+    assert mgr.wait_for_new_step(after=3, timeout=0.1, poll_interval=0.02) is None
+    assert list(mgr.new_steps(after=1, timeout=0.1, poll_interval=0.02)) == [3]
