@@ -108,3 +108,14 @@ def test_sync_save_on_full_disk_is_a_clear_error_and_nothing_is_lost(small_disk)
     mgr.delete(1)
     mgr.save(2, {"w": np.ones(300_000)})  # space freed: saving works again
     assert mgr.all_steps() == [2]
+
+
+def test_large_state_staged_on_several_threads_keeps_values_as_of_the_call(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, async_save=True)
+    big = np.arange(20_000_000, dtype=np.float32)  # 80 MB: copied in chunks, in parallel
+    mgr.save(1, {"big": big, "tail": big[-5:].copy()})
+    big *= -1
+    mgr.close()
+    restored = mgr.restore(1)["big"]
+    assert restored[0] == 0 and restored[-1] == 19_999_999 and restored[12_345_678] == 12_345_678
+    assert np.array_equal(restored, np.arange(20_000_000, dtype=np.float32))
