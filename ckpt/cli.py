@@ -128,7 +128,7 @@ def _policy(args: argparse.Namespace) -> Policy | None:
     if args.mode is not None and args.keep_best is None:
         raise UsageError("--mode only applies together with --keep-best METRIC")
     return inspection.build_policy(keep_last=args.keep_last, keep_every=args.keep_every,
-                                keep_best=args.keep_best, mode=args.mode or "min")
+                                   keep_best=args.keep_best, mode=args.mode or "min")
 
 
 # -------------------------------------------------------------- formats
@@ -355,7 +355,7 @@ def _run_prune(args: argparse.Namespace) -> int:
     if policy is None:
         raise UsageError("prune needs at least one of --keep-last, --keep-every, --keep-best")
     result = inspection.prune(args.directory, policy, dry_run=args.dry_run,
-                           lock_timeout=args.lock_timeout)
+                              lock_timeout=args.lock_timeout)
     verb = "would delete" if result.dry_run else "deleted"
     for row in result.deleted:
         print(f"{verb} step {row.step} ({human_size(row.nbytes)})")
