@@ -7,6 +7,7 @@ checkpoint never leaves the template half-restored.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -133,9 +134,9 @@ def _fill_leaf(template: Any, restored: Any, apply: bool, path: KeyPath,
 
 
 def _tensor_adapter(value: Any) -> Any:
-    if type(value).__module__.startswith("torch"):
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch is not None and isinstance(value, torch.Tensor):
         from ckpt.integrations import torch as torch_adapter
 
-        if torch_adapter.is_tensor(value):
-            return torch_adapter
+        return torch_adapter
     return None

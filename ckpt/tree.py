@@ -18,6 +18,7 @@ else the kind needs (e.g. a torch dtype).
 from __future__ import annotations
 
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -289,12 +290,9 @@ def _checked_array(array: np.ndarray, path: KeyPath) -> np.ndarray:
 
 
 def _is_torch_tensor(value: Any) -> bool:
-    module = type(value).__module__
-    if not module.startswith("torch"):
-        return False
-    import torch
-
-    return isinstance(value, torch.Tensor)
+    # a tensor exists only if torch was imported: never import it here
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _type_name(value: Any) -> str:

@@ -1,0 +1,127 @@
+"""The torch example, SIGKILLed at random moments and rerun, ends bit for bit where an
+uninterrupted run ends: parameters, buffers, optimizer, scheduler, data position, RNG."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ckpt  # noqa: E402
+from tests.conftest import ROOT, rounds  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+EXAMPLE = ROOT / "examples" / "torch_resume.py"
+STEPS = 900
+SAVE_EVERY = 7  # not a divisor of the 32-batch epoch: checkpoints land mid-epoch
+TIMEOUT = 120
+
+
+def command(directory) -> list[str]:
+    return [sys.executable, str(EXAMPLE), "--dir", str(directory), "--steps", str(STEPS),
+            "--save-every", str(SAVE_EVERY)]
+
+
+def start(directory) -> subprocess.Popen:
+    return subprocess.Popen(command(directory), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for_start(process: subprocess.Popen) -> str:
+    """Block until the child prints ``start N`` (its training loop is running)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("start "):
+            return "".join(lines)
+    process.wait(TIMEOUT)
+    raise AssertionError(f"child ended before training ({process.returncode}):\n"
+                         f"{''.join(lines)}{process.stderr.read()}")
+
+
+def interrupt(directory, rng: random.Random, signum: int) -> str:
+    """Run the example and send ``signum`` after a seeded random delay; its output."""
+    process = start(directory)
+    head = wait_for_start(process)
+    time.sleep(rng.uniform(0.0, 0.7))
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=TIMEOUT)
+    if signum == signal.SIGKILL:
+        assert process.returncode in (0, -signal.SIGKILL), err
+    else:
+        assert process.returncode == 0, err
+    return head + out
+
+
+def run_to_end(directory) -> str:
+    result = subprocess.run(command(directory), capture_output=True, text=True,
+                            timeout=TIMEOUT, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def raw_bytes(tensor):
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_bitwise_equal(expected, actual, path="state"):
+    """Every leaf equal bit for bit; containers of the same type, keys in the same order."""
+    assert type(actual) is type(expected), f"{path}: {type(actual)} != {type(expected)}"
+    if isinstance(expected, dict):
+        assert list(actual) == list(expected), path
+        for key in expected:
+            assert_bitwise_equal(expected[key], actual[key], f"{path}/{key!r}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), path
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_bitwise_equal(e, a, f"{path}/{i}")
+    elif isinstance(expected, torch.Tensor):
+        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), path
+        assert torch.equal(raw_bytes(actual), raw_bytes(expected)), f"{path} differs"
+    elif isinstance(expected, (np.ndarray, np.generic)):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, path
+        assert actual.tobytes() == expected.tobytes(), f"{path} differs"
+    elif isinstance(expected, float):
+        assert np.float64(actual).tobytes() == np.float64(expected).tobytes(), path
+    else:
+        assert actual == expected, path
+
+
+def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path):
+    # the uninterrupted reference runs alongside the interrupted one (2 cores)
+    reference = start(tmp_path / "reference")
+    rng = random.Random(20240611)
+    interruptions = rounds(6, 20)
+    outputs = []
+    for number in range(interruptions):
+        # one graceful stop among the kills: SIGTERM must save the step it is in
+        signum = signal.SIGTERM if number == 1 else signal.SIGKILL
+        outputs.append(interrupt(tmp_path / "resumed", rng, signum))
+        if "done:" in outputs[-1]:
+            break
+    outputs.append(run_to_end(tmp_path / "resumed"))
+    out, err = reference.communicate(timeout=TIMEOUT)
+    assert reference.returncode == 0, err
+
+    # the kills really interrupted training, and later runs really resumed
+    assert any("preempted" in o for o in outputs), outputs
+    assert sum("resumed after step" in o for o in outputs) >= 2, outputs
+    assert "resumed after step" in outputs[-1] and "start 0" not in outputs[-1]
+
+    final = STEPS - 1
+    expected = ckpt.CheckpointManager(tmp_path / "reference").restore(final)
+    resumed_manager = ckpt.CheckpointManager(tmp_path / "resumed")
+    actual = resumed_manager.restore(final)
+    assert set(expected) == {"model", "optimizer", "scheduler", "sampler", "rng"}
+    assert expected["optimizer"]["state"], "the optimizer state was saved"
+    assert_bitwise_equal(expected, actual)
+    reference_loss = ckpt.CheckpointManager(tmp_path / "reference").info(final).metrics
+    assert resumed_manager.info(final).metrics == reference_loss
