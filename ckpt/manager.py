@@ -103,7 +103,7 @@ class CheckpointManager:
         path = os.path.join(step_dir, manifest.MANIFEST_NAME)
         try:
             stat = os.stat(path)
-        except FileNotFoundError:
+        except OSError:  # missing, or a symlink loop, no permission: not a checkpoint
             return None
         signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(step)
@@ -325,7 +325,12 @@ class CheckpointManager:
                    device: Any) -> Any:
         data_path = os.path.join(step_dir, manifest.DATA_NAME)
         index = record["files"][manifest.DATA_NAME]
-        size = os.stat(data_path).st_size
+        try:
+            size = os.stat(data_path).st_size
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise CorruptCheckpointError(data_path, f"cannot open ({error.strerror})") from None
         h5format.validate_index(index, data_path, size)
         treedef, wanted = index["tree"], None
         if keys is not None:
@@ -337,7 +342,7 @@ class CheckpointManager:
                     for p in missing])
         arrays = h5format.read_leaves(data_path, index, wanted, verify=verify,
                                       progress=self.progress)
-        return decode_tree(treedef, index["leaves"], arrays, device)
+        return decode_tree(treedef, index["leaves"], arrays, device, data_path)
 
     def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
         pairs = [((), into, restored)]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import stat
 from typing import Any
 
 from ckpt import h5format
@@ -83,12 +84,20 @@ def read(step_dir: str, step: int) -> dict:
     """
     path = os.path.join(step_dir, MANIFEST_NAME)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        # O_NONBLOCK: a FIFO in its place must not block us (regular files ignore it)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         if not os.path.isdir(step_dir):
             raise
         raise CorruptCheckpointError(path, "manifest is missing", step=step) from None
+    except OSError as error:  # a symlink loop, no permission, ...
+        raise CorruptCheckpointError(path, f"cannot open the manifest ({error.strerror})",
+                                     step=step) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, FIFO, device...
+        os.close(fd)
+        raise CorruptCheckpointError(path, "manifest is not a regular file", step=step)
+    with open(fd, "rb") as handle:
+        data = handle.read()
     manifest = h5format.parse_json(data, path)
     problem = _problem(manifest, step)
     if problem:
@@ -99,7 +108,7 @@ def read(step_dir: str, step: int) -> dict:
 def _problem(manifest: Any, step: int) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format") != h5format.FORMAT:
         return "not a ckpt manifest"
-    if manifest.get("version") != h5format.VERSION:
+    if manifest.get("version") != h5format.VERSION or type(manifest.get("version")) is not int:
         return f"format version {manifest.get('version')!r} is not {h5format.VERSION}"
     if manifest.get("step") != step or type(manifest.get("step")) is not int:
         return f"manifest is for step {manifest.get('step')!r}, not {step}"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ckpt._types import KeyPath, is_stateful
-from ckpt.errors import UnsupportedTypeError
+from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
 
 __all__ = [
     "flatten",
@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Deeper trees cannot be rebuilt without recursing too far; refused at save and
+# (for hostile files) at restore.
+MAX_TREE_DEPTH = 256
 # dtype kinds a numpy array may have: bool, ints, floats, complex, datetimes,
 # fixed-width bytes and unicode. Object ("O") and structured ("V") are refused.
 _ARRAY_KINDS = set("biufcmMSU")
@@ -77,6 +80,9 @@ def flatten(tree: Any) -> tuple[Any, list[tuple[KeyPath, Any]]]:
 
 
 def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
+    if len(path) > MAX_TREE_DEPTH:
+        raise UnsupportedTypeError(keystr(path[:8]) + "/...", _type_name(node),
+                                   f"containers nested deeper than {MAX_TREE_DEPTH} levels")
     if is_stateful(node) and not isinstance(node, (dict, list, tuple)):
         node = node.state_dict()
     tag = _CONTAINER_TYPES.get(type(node))
@@ -312,8 +318,18 @@ def encode_tree(tree: Any) -> tuple[Any, list[tuple[KeyPath, str, np.ndarray, di
 
 
 def decode_tree(treedef: Any, entries: list[dict], arrays: dict[int, np.ndarray],
-                device: Any = None) -> Any:
-    """Rebuild the tree from the arrays of the leaves it holds (a whole or pruned treedef)."""
-    values = {n: decode_leaf(entries[n]["kind"], a, entries[n].get("extra") or {}, device)
-              for n, a in arrays.items()}
+                device: Any = None, source: str = "") -> Any:
+    """Rebuild the tree from the arrays of the leaves it holds (a whole or pruned treedef).
+
+    A leaf that cannot be rebuilt (damaged tags in a file from ``source``) raises
+    :class:`CorruptCheckpointError` naming the file and the key.
+    """
+    values = {}
+    for number, array in arrays.items():
+        entry = entries[number]
+        try:
+            values[number] = decode_leaf(entry["kind"], array, entry.get("extra") or {}, device)
+        except (ValueError, TypeError, RuntimeError, UnicodeDecodeError) as error:
+            raise CorruptCheckpointError(source, f"cannot rebuild {entry['kind']} leaf "
+                                         f"({error})", key=keystr(entry["path"])) from None
     return unflatten(treedef, values)

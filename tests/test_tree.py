@@ -160,3 +160,14 @@ def test_keys_selects_only_what_it_names(tmp_path):
     assert ckpt.load(tmp_path / "k.h5", keys=("c", "y")) == {"c": {"y": 2}}
     with pytest.raises(ckpt.StateMismatchError, match="nope"):
         ckpt.load(tmp_path / "k.h5", keys=("c", "nope"))
+
+
+def test_too_deep_trees_are_refused_at_save(tmp_path):
+    tree: list = []
+    node = tree
+    for _ in range(300):
+        node.append([])
+        node = node[0]
+    with pytest.raises(ckpt.UnsupportedTypeError, match="nested deeper than 256"):
+        ckpt.save(tmp_path / "deep.h5", tree)
+    assert os.listdir(tmp_path) == []
