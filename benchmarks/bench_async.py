@@ -1,7 +1,7 @@
 """How long save() blocks with async_save=True against a synchronous save, and what
 that buys a training loop that saves every step.
 
-    python benchmarks/bench_async.py [--dir DIR] [--mib 1024] [--saves 5] [--compute 1.0]
+    python benchmarks/bench_async.py [--dir DIR] [--mib 1024] [--saves 5] [--compute 3.0]
 
 1. Blocking time of ``save()`` for a 1 GiB state (16 float32 arrays): sync, async
    first save (allocates the staging buffers) and async warm saves (reuses them).
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None)
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--saves", type=int, default=5)
-    parser.add_argument("--compute", type=float, default=1.0,
+    parser.add_argument("--compute", type=float, default=3.0,
                         help="seconds of simulated compute between saves")
     args = parser.parse_args()
     state = make_state(args.mib)
