@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ckpt import fsutil, h5format, manifest
+from ckpt import index as index_check
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ckpt.manager import CheckpointManager
@@ -318,7 +319,7 @@ def describe_step(directory: str | os.PathLike[str], step: int | None = None) ->
     step_dir = _step_dir(directory, step)
     record = _read_manifest(step_dir, step)
     index = record["files"][manifest.DATA_NAME]
-    h5format.validate_index(index, os.path.join(step_dir, manifest.MANIFEST_NAME), None)
+    index_check.validate_index(index, os.path.join(step_dir, manifest.MANIFEST_NAME), None)
     return Description(source=step_dir, format="ckpt-step", leaves=_leaf_rows(index),
                        nbytes=_disk_size(step_dir), step=step, time=float(record["time"]),
                        metrics=dict(record["metrics"]), metadata=record.get("metadata"))
@@ -428,7 +429,7 @@ def open_step(directory: str | os.PathLike[str], step: int) -> tuple[str, dict, 
             raise CheckpointNotFoundError(step_dir, step) from None
         raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
     index = record["files"][manifest.DATA_NAME]
-    h5format.validate_index(index, data_path, size)
+    index_check.validate_index(index, data_path, size)
     return data_path, index, record
 
 

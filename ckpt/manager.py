@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt import _failpoints, fsutil, h5format, manifest, template
+from ckpt import index as index_check
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -331,7 +332,7 @@ class CheckpointManager:
             raise
         except OSError as error:
             raise CorruptCheckpointError(data_path, f"cannot open ({error.strerror})") from None
-        h5format.validate_index(index, data_path, size)
+        index_check.validate_index(index, data_path, size)
         treedef, wanted = index["tree"], None
         if keys is not None:
             treedef, missing = select(treedef, keys)

@@ -16,6 +16,7 @@ import stat
 from typing import Any
 
 from ckpt import h5format
+from ckpt import index as index_check
 from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
 from ckpt.policies import StepInfo
 
@@ -62,7 +63,7 @@ def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict,
     ``retention`` describes the saving manager's policy (``policies.to_spec``).
     """
     file_index = {k: v for k, v in index.items() if k != "metadata"}
-    return {"format": h5format.FORMAT, "version": h5format.VERSION, "step": step,
+    return {"format": index_check.FORMAT, "version": index_check.VERSION, "step": step,
             "time": saved_at, "metrics": metrics, "metadata": metadata,
             "retention": retention, "versions": _versions(), "files": {DATA_NAME: file_index}}
 
@@ -106,10 +107,10 @@ def read(step_dir: str, step: int) -> dict:
 
 
 def _problem(manifest: Any, step: int) -> str | None:
-    if not isinstance(manifest, dict) or manifest.get("format") != h5format.FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != index_check.FORMAT:
         return "not a ckpt manifest"
-    if manifest.get("version") != h5format.VERSION or type(manifest.get("version")) is not int:
-        return f"format version {manifest.get('version')!r} is not {h5format.VERSION}"
+    if manifest.get("version") != index_check.VERSION or type(manifest.get("version")) is not int:
+        return f"format version {manifest.get('version')!r} is not {index_check.VERSION}"
     if manifest.get("step") != step or type(manifest.get("step")) is not int:
         return f"manifest is for step {manifest.get('step')!r}, not {step}"
     saved_at = manifest.get("time")

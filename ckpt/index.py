@@ -1,0 +1,199 @@
+"""Checks on an index or manifest read from disk, before any of it is trusted.
+
+Every offset and size must lie inside the file, every dtype be a plain one spelled
+as numpy writes it, every kind fit its dtype and shape, and the tree be well formed
+and at most ``MAX_TREE_DEPTH`` deep; the leaves may not claim more bytes than the
+file holds. Hostile or damaged input therefore fails here with a
+:class:`CorruptCheckpointError` instead of a huge allocation, a hang or a crash.
+This module imports nothing from h5py: it checks JSON only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from ckpt.errors import CorruptCheckpointError
+from ckpt.tree import LEAF_KINDS, MAX_TREE_DEPTH, keystr
+
+__all__ = ["FORMAT", "VERSION", "USERBLOCK", "validate_index"]
+
+FORMAT = "ckpt"
+VERSION = 1
+USERBLOCK = 4096  # HDF5 needs it >= the 4 KiB data alignment; data starts after it
+
+
+# ------------------------------------------------------------ validation
+
+_INDEX_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError)
+
+
+def validate_index(index: Any, path: str, file_size: int | None) -> None:
+    """Check an index read from disk before trusting any of it.
+
+    Every offset and size must lie inside the file, every dtype be a plain one and
+    every size match its shape, so hostile or damaged input fails here with a
+    :class:`CorruptCheckpointError` instead of a huge allocation or a crash.
+    """
+    try:
+        _validate(index, file_size)
+    except CorruptCheckpointError:
+        raise
+    except _INDEX_ERRORS as error:
+        raise CorruptCheckpointError(path, f"invalid index: {type(error).__name__}: "
+                                     f"{str(error)[:200]}") from None
+    except _Invalid as error:
+        raise CorruptCheckpointError(path, f"invalid index: {error.args[0]}",
+                                     key=error.args[1]) from None
+
+
+class _Invalid(Exception):
+    pass
+
+
+# What encode_leaf produces for each kind: decode_leaf is only handed these.
+_SCALAR_KINDS = {"bool": "|b1", "int": "<i8", "float": "<f8", "complex": "<c16"}
+_BYTE_KINDS = ("bigint", "str", "bytes")
+_TORCH_STORAGE = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8",
+                  "c8", "c16"}
+# a dtype as ``np.dtype.str`` spells it, of a kind a leaf may have (no object, no void)
+_DTYPE = re.compile(r"[<>|][biufcSUmM][0-9]+(\[[0-9]*[A-Za-z]+\])?")
+_TREE_TAGS = ("dict", "odict", "list", "tuple")
+MAX_NDIM = 64  # numpy's limit
+
+
+def _validate(index: Any, file_size: int | None) -> None:
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise _Invalid("not a ckpt index", None)
+    version = index.get("version")
+    if type(version) is not int or version != VERSION:
+        raise _Invalid(f"format version {version!r} is not {VERSION}", None)
+    entries, packs = index["leaves"], index["packs"]
+    if not isinstance(entries, list) or not isinstance(packs, list):
+        raise _Invalid("leaves and packs must be lists", None)
+    file_nbytes = index.get("file_nbytes", 0)
+    if type(file_nbytes) is not int or file_nbytes < 0:
+        raise _Invalid(f"invalid file size {str(file_nbytes)[:50]}", None)
+    limit = file_size if file_size is not None else 2**62
+    stored = 0  # packs and large leaves are disjoint extents of the file
+
+    def inside(offset: Any, nbytes: Any, key: str) -> None:
+        nonlocal stored
+        if not (type(offset) is int and type(nbytes) is int and 0 <= nbytes
+                and USERBLOCK <= offset and offset + nbytes <= limit):
+            raise _Invalid(f"data at {str(offset)[:30]}+{str(nbytes)[:30]} lies outside the "
+                           f"file ({limit} bytes)", key)
+        stored += nbytes
+        if stored > limit:  # overlapping extents: one file read many times over
+            raise _Invalid(f"leaves and packs claim more bytes than the file holds ({limit})",
+                           key)
+
+    for pack in packs:
+        if not isinstance(pack, dict):
+            raise _Invalid("a pack is not a mapping", None)
+        inside(pack["offset"], pack["nbytes"], str(pack.get("h5"))[:100])
+        if not isinstance(pack["checksum"], str):
+            raise _Invalid("pack checksum is not a string", str(pack.get("h5"))[:100])
+    packed = [0] * len(packs)
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise _Invalid("a leaf entry is not a mapping", None)
+        key_path = entry["path"]
+        if not isinstance(key_path, list) or any(type(k) not in (str, int) for k in key_path):
+            raise _Invalid("key path must be a list of str and int", None)
+        key = keystr(key_path)
+        dtype = _dtype(entry["dtype"], key)
+        shape, nbytes = entry["shape"], entry["nbytes"]
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or any(type(d) is not int or d < 0 for d in shape)):
+            raise _Invalid(f"invalid shape {str(shape)[:100]}", key)
+        # the second test bounds empty arrays too: numpy refuses absurd dimensions
+        if (type(nbytes) is not int or math.prod(shape) * dtype.itemsize != nbytes
+                or math.prod(max(d, 1) for d in shape) * dtype.itemsize > 2**62):
+            raise _Invalid(f"shape {shape} of {dtype} does not hold {str(nbytes)[:30]} bytes",
+                           key)
+        _check_kind(entry, dtype, shape, key)
+        if "pack" in entry:
+            number, start = entry["pack"], entry["pack_offset"]
+            if not (type(number) is int and 0 <= number < len(packs) and type(start) is int
+                    and 0 <= start and start + nbytes <= packs[number]["nbytes"]):
+                raise _Invalid("packed leaf lies outside its pack", key)
+            packed[number] += nbytes
+            if packed[number] > packs[number]["nbytes"]:
+                raise _Invalid("packed leaves claim more bytes than their pack holds", key)
+        else:
+            inside(entry["offset"], nbytes, key)
+            if not isinstance(entry["checksum"], str):
+                raise _Invalid("checksum is not a string", key)
+    _check_tree(index["tree"], len(entries))
+
+
+def _dtype(value: Any, key: str) -> np.dtype:
+    if type(value) is str and _DTYPE.fullmatch(value):
+        try:
+            dtype = np.dtype(value)
+        except (TypeError, ValueError, OverflowError):
+            dtype = None
+        if dtype is not None and dtype.str == value and dtype.itemsize > 0:
+            return dtype
+    raise _Invalid(f"unsupported dtype {str(value)[:50]!r}", key)
+
+
+def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:
+    kind = entry["kind"]
+    if type(kind) is not str or kind not in LEAF_KINDS:
+        raise _Invalid(f"unknown leaf kind {str(kind)[:50]!r}", key)
+    extra = entry.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _Invalid("leaf extra is not a mapping", key)
+    if kind in _SCALAR_KINDS:
+        ok = dtype.str == _SCALAR_KINDS[kind] and shape == []
+    elif kind == "npscalar":
+        ok = shape == []
+    elif kind in _BYTE_KINDS:
+        ok = dtype.str == "|u1" and len(shape) == 1
+    elif kind == "none":
+        ok = dtype.str == "|u1" and shape == [0]
+    elif kind == "torch":
+        ok = (dtype.str[1:] in _TORCH_STORAGE and type(extra.get("dtype")) is str
+              and type(extra.get("requires_grad", False)) is bool
+              and type(extra.get("parameter", False)) is bool)
+    else:
+        ok = True
+    if not ok:
+        raise _Invalid(f"a {kind} leaf cannot be {dtype.str} of shape {shape} "
+                       f"(extra {str(extra)[:50]})", key)
+
+
+def _check_tree(tree: Any, count: int) -> None:
+    """The treedef is well formed and refers to every leaf exactly once (no recursion)."""
+    seen = bytearray(count)
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is int:
+            if not 0 <= node < count or seen[node]:
+                raise _Invalid("tree and leaves do not match", None)
+            seen[node] = 1
+            continue
+        if not isinstance(node, dict) or node.get("t") not in _TREE_TAGS:
+            raise _Invalid(f"invalid tree node {str(node)[:50]}", None)
+        children = node.get("c")
+        if not isinstance(children, list):
+            raise _Invalid("tree children must be a list", None)
+        if node["t"] in ("dict", "odict"):
+            keys = node.get("k")
+            if (not isinstance(keys, list) or len(keys) != len(children)
+                    or any(type(k) not in (str, int) for k in keys)
+                    or len({(type(k), k) for k in keys}) != len(keys)):
+                raise _Invalid("tree keys must be distinct str and int, one per child", None)
+        elif "k" in node:
+            raise _Invalid("a sequence in the tree has keys", None)
+        if depth >= MAX_TREE_DEPTH:
+            raise _Invalid(f"tree nested deeper than {MAX_TREE_DEPTH} levels", None)
+        stack.extend((child, depth + 1) for child in children)
+    if not all(seen):
+        raise _Invalid("tree and leaves do not match", None)
