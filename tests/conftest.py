@@ -32,6 +32,22 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
     return result
 
 
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")  # never import torch for a numpy-only test
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def tensor_bits(tensor) -> bytes:
+    """A torch tensor's bytes, whatever its dtype and strides."""
+    import torch
+
+    uint = {1: torch.uint8, 2: torch.uint16, 4: torch.uint32, 8: torch.uint64}
+    tensor = tensor.detach().cpu()
+    if tensor.dtype.itemsize in uint:  # shell dtypes (uint4, ...) cannot be copied as such
+        tensor = tensor.view(uint[tensor.dtype.itemsize])
+    return tensor.contiguous().numpy().tobytes()  # numpy copes with any strides
+
+
 def assert_tree_equal(a, b, path="root"):
     """Exact equality: same container types, key types, order; leaves bit for bit."""
     assert type(a) is type(b), f"{path}: {type(a)} != {type(b)}"
@@ -47,6 +63,9 @@ def assert_tree_equal(a, b, path="root"):
     elif isinstance(a, (np.ndarray, np.generic)):
         assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape}"
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path
+    elif _is_tensor(a):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), f"{path}: {a.dtype}{a.shape}"
+        assert tensor_bits(a) == tensor_bits(b), f"{path}: bits differ"
     elif isinstance(a, float):
         assert np.float64(a).tobytes() == np.float64(b).tobytes(), path
     elif isinstance(a, complex):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,10 +32,7 @@ policies = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(infos=infos_strategy, parts=st.lists(policies, min_size=1, max_size=3))
 def test_union_keeps_what_any_policy_keeps_and_always_the_newest(infos, parts):
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = combined | part
-    kept = retained_steps(combined, infos)
+    kept = retained_steps(functools.reduce(operator.or_, parts), infos)
     expected = set().union(*(p.keep(infos) for p in parts))
     if infos:
         expected.add(infos[-1].step)
@@ -44,9 +44,7 @@ def test_union_keeps_what_any_policy_keeps_and_always_the_newest(infos, parts):
 @given(infos=infos_strategy, parts=st.lists(policies, min_size=1, max_size=3))
 def test_pruning_is_stable_after_restart(infos, parts):
     """Recomputing over what survived keeps exactly the same set (nothing more goes)."""
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = combined | part
+    combined = functools.reduce(operator.or_, parts)
     kept = retained_steps(combined, infos)
     survivors = [i for i in infos if i.step in kept]
     assert retained_steps(combined, survivors) == kept

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 import ckpt  # noqa: E402
 from ckpt.integrations import torch as adapter  # noqa: E402
 from ckpt.integrations.torch import ResumableSampler  # noqa: E402
-from tests.conftest import run_python  # noqa: E402
+from tests.conftest import assert_tree_equal, run_python  # noqa: E402
 
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")]
@@ -32,38 +32,9 @@ ALL_DTYPES = sorted(adapter._DTYPES_BY_NAME)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def bits(tensor):
-    """The tensor's bytes, whatever its dtype and strides."""
-    tensor = tensor.detach().cpu()
-    if tensor.dtype.itemsize in UINT:  # shell dtypes (uint4, ...) cannot be copied as such
-        tensor = tensor.view(UINT[tensor.dtype.itemsize])
-    return tensor.contiguous().numpy().tobytes()  # numpy copes with any strides
-
-
 def assert_same_tensor(expected, actual, key="tensor"):
     assert isinstance(actual, torch.Tensor), f"{key}: {type(actual)}"
-    assert actual.dtype == expected.dtype, f"{key}: {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{key}: {actual.shape} != {expected.shape}"
-    assert bits(actual) == bits(expected), f"{key}: bits differ"
-
-
-def assert_same_state(expected, actual, path="root"):
-    """Exact equality of state dicts: containers, keys, tensors bit for bit."""
-    assert type(actual) is type(expected), f"{path}: {type(actual)} != {type(expected)}"
-    if isinstance(expected, dict):
-        assert list(actual) == list(expected), path
-        for key in expected:
-            assert_same_state(expected[key], actual[key], f"{path}/{key!r}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), path
-        for i, (e, a) in enumerate(zip(expected, actual)):
-            assert_same_state(e, a, f"{path}/{i}")
-    elif isinstance(expected, torch.Tensor):
-        assert_same_tensor(expected, actual, path)
-    elif isinstance(expected, float):
-        assert np.float64(actual).tobytes() == np.float64(expected).tobytes(), path
-    else:
-        assert actual == expected, path
+    assert_tree_equal(expected, actual, key)
 
 
 def random_tensor(dtype, shape, seed=0):
@@ -291,10 +262,10 @@ def test_optimizer_and_scheduler_restore_gives_identical_next_step(tmp_path, opt
         assert fresh["optimizer"].state_dict()["state"] == {}
         restored = manager.restore(into=fresh)
     assert restored["model"] is fresh["model"]
-    assert_same_state(full_state(original), full_state(fresh))
+    assert_tree_equal(full_state(original), full_state(fresh))
     for state in (original, fresh):
         train_step(*state.values(), batch_of(3))
-    assert_same_state(full_state(original), full_state(fresh))
+    assert_tree_equal(full_state(original), full_state(fresh))
 
 
 def test_optimizer_state_keeps_int_keys_and_param_groups(tmp_path):
@@ -304,7 +275,7 @@ def test_optimizer_state_keeps_int_keys_and_param_groups(tmp_path):
     loaded = ckpt.load(tmp_path / "o.h5")["optimizer"]
     assert list(loaded["state"]) == [0, 1, 2, 3, 4, 5]
     assert loaded["param_groups"][0]["betas"] == (0.9, 0.999)
-    assert_same_state(state["optimizer"].state_dict(), loaded)
+    assert_tree_equal(state["optimizer"].state_dict(), loaded)
 
 
 def test_grad_scaler_state_round_trips(tmp_path):
@@ -327,7 +298,7 @@ def test_grad_scaler_state_round_trips(tmp_path):
     assert original["scaler"].state_dict() == fresh["scaler"].state_dict()
     step(original, 5)
     step(fresh, 5)
-    assert_same_state(full_state(original), full_state(fresh))
+    assert_tree_equal(full_state(original), full_state(fresh))
 
 
 def test_restore_into_module_of_other_shape_names_parameter_and_shapes(tmp_path):

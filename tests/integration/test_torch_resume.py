@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import ckpt  # noqa: E402
-from tests.conftest import ROOT, rounds  # noqa: E402
+from tests.conftest import ROOT, assert_tree_equal, rounds  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -68,31 +67,6 @@ def run_to_end(directory) -> str:
     return result.stdout
 
 
-def raw_bytes(tensor):
-    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-
-
-def assert_bitwise_equal(expected, actual, path="state"):
-    """Every leaf equal bit for bit; containers of the same type, keys in the same order."""
-    assert type(actual) is type(expected), f"{path}: {type(actual)} != {type(expected)}"
-    if isinstance(expected, dict):
-        assert list(actual) == list(expected), path
-        for key in expected:
-            assert_bitwise_equal(expected[key], actual[key], f"{path}/{key!r}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), path
-        for i, (e, a) in enumerate(zip(expected, actual)):
-            assert_bitwise_equal(e, a, f"{path}/{i}")
-    elif isinstance(expected, torch.Tensor):
-        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), path
-        assert torch.equal(raw_bytes(actual), raw_bytes(expected)), f"{path} differs"
-    elif isinstance(expected, (np.ndarray, np.generic)):
-        assert actual.dtype == expected.dtype and actual.shape == expected.shape, path
-        assert actual.tobytes() == expected.tobytes(), f"{path} differs"
-    elif isinstance(expected, float):
-        assert np.float64(actual).tobytes() == np.float64(expected).tobytes(), path
-    else:
-        assert actual == expected, path
 
 
 def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path):
@@ -122,6 +96,6 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path
     actual = resumed_manager.restore(final)
     assert set(expected) == {"model", "optimizer", "scheduler", "sampler", "rng"}
     assert expected["optimizer"]["state"], "the optimizer state was saved"
-    assert_bitwise_equal(expected, actual)
+    assert_tree_equal(expected, actual)
     reference_loss = ckpt.CheckpointManager(tmp_path / "reference").info(final).metrics
     assert resumed_manager.info(final).metrics == reference_loss
