@@ -85,6 +85,6 @@ def kill_rounds(tmp_path, async_save, count):
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_sigkill_during_save_loses_nothing_committed(tmp_path, async_save):
-    committed, killed_mid_save = kill_rounds(tmp_path, async_save, rounds(20, 500))
+    committed, killed_mid_save = kill_rounds(tmp_path, async_save, rounds(20, 1000))
     assert len(committed) > 5, "the child should commit some steps between kills"
     assert killed_mid_save > 0, "no kill landed inside a save: the test proved nothing"
