@@ -171,6 +171,9 @@ class CheckpointManager:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         if not force and not self.should_save(step):
             return False
+        final = self.directory / fsutil.step_dir_name(step)
+        if final.exists():  # checked again under the lock; this one fails fast (async too)
+            raise StepExistsError(final, step)
         clean = manifest.clean_metrics(metrics)
         manifest.encode({"metadata": metadata})  # refuse bad metadata before any work
         treedef, leaves = encode_tree(state)

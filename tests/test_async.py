@@ -119,3 +119,12 @@ def test_large_state_staged_on_several_threads_keeps_values_as_of_the_call(tmp_p
     restored = mgr.restore(1)["big"]
     assert restored[0] == 0 and restored[-1] == 19_999_999 and restored[12_345_678] == 12_345_678
     assert np.array_equal(restored, np.arange(20_000_000, dtype=np.float32))
+
+
+def test_existing_step_is_refused_at_the_call_not_in_the_background(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, async_save=True)
+    mgr.save(1, {"x": 1})
+    mgr.wait_until_finished()
+    with pytest.raises(ckpt.StepExistsError):
+        mgr.save(1, {"x": 2})
+    mgr.close()
