@@ -209,7 +209,7 @@ class CheckpointManager:
         tmp.mkdir()
         try:
             _failpoints.hit("tmpdir.created")
-            self._write_step(tmp, step, treedef, leaves, metrics, metadata)
+            record = self._write_step(tmp, step, treedef, leaves, metrics, metadata)
             _failpoints.hit("commit.before_rename")
             os.rename(tmp, final)
         except BaseException:
@@ -218,9 +218,13 @@ class CheckpointManager:
         _failpoints.hit("commit.after_rename")
         fsutil.fsync_dir(self.directory)
         _failpoints.hit("commit.after_dir_fsync")
+        # pruning lists every step next: spare it re-reading the manifest just written
+        stat = os.stat(final / manifest.MANIFEST_NAME)
+        self._cache[step] = ((stat.st_ino, stat.st_mtime_ns, stat.st_size),
+                             manifest.step_info(record, str(final)))
 
     def _write_step(self, tmp: Path, step: int, treedef: Any, leaves: list,
-                    metrics: dict, metadata: Any) -> None:
+                    metrics: dict, metadata: Any) -> dict:
         index = h5format.write_state(tmp / manifest.DATA_NAME, treedef, leaves,
                                      progress=self.progress)
         record = manifest.build(step, time.time(), metrics, metadata, index,
@@ -233,6 +237,7 @@ class CheckpointManager:
         _failpoints.hit("manifest.after_fsync")
         fsutil.fsync_dir(tmp)
         _failpoints.hit("tmpdir.after_fsync")
+        return record
 
     def _prune(self) -> None:
         infos = self.infos()
