@@ -26,6 +26,7 @@ __all__ = [
     "write_file_atomic",
     "tmp_name",
     "trash_name",
+    "aside_name",
     "is_leftover",
     "remove_leftovers",
     "remove_dir",
@@ -78,6 +79,11 @@ def tmp_name(final_name: str) -> str:
 def trash_name(final_name: str) -> str:
     """A hidden sibling name for a checkpoint being deleted."""
     return f"{TRASH_PREFIX}{final_name}-{_unique()}"
+
+
+def aside_name(final_name: str) -> str:
+    """A visible, never-listed name for a damaged checkpoint kept for inspection."""
+    return f"damaged-{final_name}-{_unique()}"
 
 
 def is_leftover(name: str) -> bool:

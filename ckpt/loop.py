@@ -61,6 +61,11 @@ class TrainingLoop:
         # restore() may fall back past a damaged newest step: ask which one it used
         self.resumed_from = self.manager.last_restored_step
         log.info("resumed from step %d", self.resumed_from)
+        # The run redoes the steps after it; damaged checkpoints of those steps would
+        # block their saves, so they are moved aside (kept, not deleted).
+        for step in self.manager.step_numbers():
+            if step > self.resumed_from:
+                self.manager.set_aside(step)
         return self.resumed_from + 1
 
     @property

@@ -133,6 +133,10 @@ class CheckpointManager:
             raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
         return manifest.step_info(manifest.read(step_dir, step), step_dir)
 
+    def step_numbers(self) -> list[int]:
+        """Steps of every ``step_<N>`` directory, damaged ones included, ascending."""
+        return sorted(self._step_dirs())
+
     def all_steps(self) -> list[int]:
         """Steps of all committed checkpoints, ascending."""
         return [info.step for info in self.infos()]
@@ -274,6 +278,24 @@ class CheckpointManager:
             if step_dir is None:
                 raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
             self._remove(step, step_dir)
+
+    def set_aside(self, step: int) -> Path:
+        """Move checkpoint ``step`` (typically a damaged one) out of the step namespace.
+
+        It is renamed to ``damaged-step_<N>-...`` in the same directory, kept for
+        inspection, never listed, and its step number is free to be saved again.
+        """
+        self.wait_until_finished()
+        with fsutil.writer_lock(self.directory, self.lock_timeout):
+            step_dir = self._step_dirs().get(step)
+            if step_dir is None:
+                raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+            target = self.directory / fsutil.aside_name(fsutil.step_dir_name(step))
+            os.rename(step_dir, target)
+            fsutil.fsync_dir(self.directory)
+            self._cache.pop(step, None)
+        log.warning("set step %d aside as %s", step, target)
+        return target
 
     # ----------------------------------------------------------- restore
 

@@ -99,3 +99,21 @@ def test_training_loop_saves_and_stops_on_sigterm(tmp_path):
     assert loop.preempted and loop.last_saved == 7
     assert mgr.all_steps() == [0, 7]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler given back
+
+
+def test_training_loop_sets_damaged_newer_steps_aside_and_redoes_them(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    for step in range(4):
+        mgr.save(step, {"c": {"value": np.full(3, step + 1.0)}})
+    (tmp_path / "step_3" / "manifest.json").write_text("{damaged")
+    counter = Counter()
+    with pytest.warns(UserWarning, match="skipping step 3"):
+        loop = ckpt.TrainingLoop(mgr, {"c": counter}, total_steps=5)
+    with loop:
+        assert loop.resumed_from == 2 and (counter.value == 3).all()
+        for _ in loop:
+            counter.value += 1
+    assert mgr.all_steps() == [0, 1, 2, 3, 4]
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("damaged-step_3-")]
+    assert len(aside) == 1 and (tmp_path / aside[0] / "manifest.json").read_text() == "{damaged"
+    assert (mgr.restore(4)["c"]["value"] == 5).all()
