@@ -14,6 +14,9 @@ keras = pytest.importorskip("keras")
 
 import ckpt  # noqa: E402
 
+# Keras' own numpy-2 deprecation notes, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
