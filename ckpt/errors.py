@@ -64,6 +64,12 @@ class CorruptCheckpointError(CheckpointError):
     def __reduce__(self):
         return (type(self), (self.path, self.reason, self.key, self.step))
 
+    def for_step(self, step: int) -> CorruptCheckpointError:
+        """This error, saying which step the damaged file belongs to."""
+        if self.step is not None:
+            return self
+        return CorruptCheckpointError(self.path, self.reason, self.key, step)
+
 
 class Mismatch(tuple):
     """One difference between a checkpoint and a template: (key, kind, expected, found)."""

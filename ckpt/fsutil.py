@@ -35,6 +35,7 @@ __all__ = [
     "STEP_PREFIX",
     "step_dir_name",
     "parse_step_dir",
+    "step_dirs",
 ]
 
 log = logging.getLogger("ckpt")
@@ -55,6 +56,16 @@ def parse_step_dir(name: str) -> int | None:
     """The step of a ``step_<N>`` name, or None for any other name."""
     match = _STEP_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
+    """``{step: path}`` of every ``step_<N>`` directory, valid or not, sorted by step."""
+    found = {}
+    for entry in os.scandir(directory):
+        step = parse_step_dir(entry.name)
+        if step is not None and entry.is_dir(follow_symlinks=False):
+            found[step] = entry.path
+    return dict(sorted(found.items()))
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -45,7 +45,6 @@ __all__ = [
     "PruneResult",
     "checkpoint_dir",
     "resolve",
-    "step_dirs",
     "latest_step",
     "build_policy",
     "list_steps",
@@ -154,20 +153,10 @@ def checkpoint_dir(directory: str | os.PathLike[str]) -> Path:
         raise CheckpointNotFoundError(str(path), detail="no such directory")
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
-    if not step_dirs(path) and not (path / fsutil.LOCK_NAME).exists():
+    if not fsutil.step_dirs(path) and not (path / fsutil.LOCK_NAME).exists():
         raise CheckpointError(f"{path} is not a checkpoint directory "
                               f"(no step_<N> directories and no {fsutil.LOCK_NAME})")
     return path
-
-
-def step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
-    """``{step: path}`` of every ``step_<N>`` directory, valid or not, sorted by step."""
-    found = {}
-    for entry in os.scandir(directory):
-        step = fsutil.parse_step_dir(entry.name)
-        if step is not None and entry.is_dir(follow_symlinks=False):
-            found[step] = entry.path
-    return dict(sorted(found.items()))
 
 
 def _step_dir(directory: Path, step: int) -> str:
@@ -180,7 +169,7 @@ def _step_dir(directory: Path, step: int) -> str:
 def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
     """Valid checkpoints, and ``{step: reason}`` for step directories that are not."""
     infos, damaged = [], {}
-    for step, path in step_dirs(directory).items():
+    for step, path in fsutil.step_dirs(directory).items():
         try:
             infos.append(manifest.step_info(manifest.read(path, step), path))
         except CorruptCheckpointError as error:
@@ -281,7 +270,7 @@ def list_steps(directory: str | os.PathLike[str], policy: Policy | None = None) 
     keepers = kept_by(policy, infos) if policy is not None else {}
     rows = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
                     metrics=i.metrics, kept_by=keepers.get(i.step)) for i in infos]
-    dirs = step_dirs(directory)
+    dirs = fsutil.step_dirs(directory)
     rows += [StepRow(step=s, path=dirs[s], nbytes=_disk_size(dirs[s]), error=reason)
              for s, reason in damaged.items()]
     return sorted(rows, key=lambda row: row.step)
@@ -294,7 +283,7 @@ def resolve(path: str | os.PathLike[str], step: int | None = None) -> tuple[Path
     """``(checkpoint directory, step)``, also when ``path`` is a ``step_<N>`` directory."""
     path = Path(path)
     number = fsutil.parse_step_dir(path.name)
-    if (step is None and number is not None and path.is_dir() and not step_dirs(path)
+    if (step is None and number is not None and path.is_dir() and not fsutil.step_dirs(path)
             and not (path / fsutil.LOCK_NAME).exists()):
         return checkpoint_dir(path.parent), number
     return checkpoint_dir(path), step
@@ -421,15 +410,7 @@ def open_step(directory: str | os.PathLike[str], step: int) -> tuple[str, dict, 
     directory = Path(directory)
     step_dir = _step_dir(directory, step)
     record = _read_manifest(step_dir, step)
-    data_path = os.path.join(step_dir, manifest.DATA_NAME)
-    try:
-        size = os.stat(data_path).st_size
-    except FileNotFoundError:
-        if not os.path.isdir(step_dir):  # deleted by a writer while we looked
-            raise CheckpointNotFoundError(step_dir, step) from None
-        raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
-    index = record["files"][manifest.DATA_NAME]
-    index_check.validate_index(index, data_path, size)
+    data_path, index = manifest.open_data(step_dir, step, record)
     return data_path, index, record
 
 
@@ -467,13 +448,7 @@ def _read_manifest(step_dir: str, step: int) -> dict:
     try:
         return manifest.read(step_dir, step)
     except CorruptCheckpointError as error:
-        raise _with_step(error, step) from None
-
-
-def _with_step(error: CorruptCheckpointError, step: int) -> CorruptCheckpointError:
-    if error.step is not None:
-        return error
-    return CorruptCheckpointError(error.path, error.reason, error.key, step)
+        raise error.for_step(step) from None
 
 
 # --------------------------------------------------------------- verify
@@ -489,7 +464,7 @@ def verify(directory: str | os.PathLike[str], step: int | None = None, *,
     if step is not None:
         yield verify_step(directory, step, progress=progress)
         return
-    for candidate in step_dirs(directory):
+    for candidate in fsutil.step_dirs(directory):
         try:
             yield verify_step(directory, candidate, progress=progress)
         except CheckpointNotFoundError:
@@ -508,7 +483,7 @@ def verify_step(directory: str | os.PathLike[str], step: int, *,
     try:
         leaves, nbytes = _verify(directory, step, progress)
     except CorruptCheckpointError as error:
-        return VerifyResult(step, step_dir, error=str(_with_step(error, step)))
+        return VerifyResult(step, step_dir, error=str(error.for_step(step)))
     except FileNotFoundError:
         if not os.path.isdir(step_dir):
             raise CheckpointNotFoundError(step_dir, step) from None

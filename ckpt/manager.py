@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from ckpt import _failpoints, fsutil, h5format, manifest, template
-from ckpt import index as index_check
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -93,12 +92,7 @@ class CheckpointManager:
     # ------------------------------------------------------------ listing
 
     def _step_dirs(self) -> dict[int, str]:
-        dirs = {}
-        for entry in os.scandir(self.directory):
-            step = fsutil.parse_step_dir(entry.name)
-            if step is not None and entry.is_dir(follow_symlinks=False):
-                dirs[step] = entry.path
-        return dirs
+        return fsutil.step_dirs(self.directory)
 
     def _info(self, step: int, step_dir: str) -> StepInfo | None:
         path = os.path.join(step_dir, manifest.MANIFEST_NAME)
@@ -120,7 +114,7 @@ class CheckpointManager:
     def infos(self) -> list[StepInfo]:
         """Every committed checkpoint (valid manifest), sorted by step."""
         out = []
-        for step, step_dir in sorted(self._step_dirs().items()):
+        for step, step_dir in self._step_dirs().items():
             info = self._info(step, step_dir)
             if info is not None:
                 out.append(info)
@@ -344,9 +338,7 @@ class CheckpointManager:
             raise CorruptCheckpointError(getattr(error, "filename", None) or step_dir,
                                          "data file is missing", step=step) from None
         except CorruptCheckpointError as error:
-            if error.step is None:  # say which step the damaged file belongs to
-                raise CorruptCheckpointError(error.path, error.reason, error.key, step) from None
-            raise
+            raise error.for_step(step) from None
         result = restored if into is None else self._fill(step_dir, into, restored, keys,
                                                             strict)
         self.last_restored_step = step
@@ -354,15 +346,7 @@ class CheckpointManager:
 
     def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool,
                    device: Any) -> Any:
-        data_path = os.path.join(step_dir, manifest.DATA_NAME)
-        index = record["files"][manifest.DATA_NAME]
-        try:
-            size = os.stat(data_path).st_size
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise CorruptCheckpointError(data_path, f"cannot open ({error.strerror})") from None
-        index_check.validate_index(index, data_path, size)
+        data_path, index = manifest.open_data(step_dir, record["step"], record)
         treedef, wanted = index["tree"], None
         if keys is not None:
             treedef, missing = select(treedef, keys)

@@ -17,10 +17,11 @@ from typing import Any
 
 from ckpt import h5format
 from ckpt import index as index_check
-from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
+from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedTypeError
 from ckpt.policies import StepInfo
 
-__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "encode", "read", "step_info", "clean_metrics"]
+__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "encode", "read", "open_data", "step_info",
+           "clean_metrics"]
 
 MANIFEST_NAME = "manifest.json"
 DATA_NAME = "state.h5"
@@ -122,6 +123,28 @@ def _problem(manifest: Any, step: int) -> str | None:
     if not isinstance(files, dict) or not isinstance(files.get(DATA_NAME), dict):
         return f"manifest names no {DATA_NAME}"
     return None
+
+
+def open_data(step_dir: str, step: int, manifest: dict) -> tuple[str, dict]:
+    """``(data file path, index)`` of a step, the index checked against the file.
+
+    Raises ``CheckpointNotFoundError`` when the step directory is gone (pruned while
+    we looked) and ``CorruptCheckpointError`` when the data file is missing or
+    cannot be opened.
+    """
+    data_path = os.path.join(step_dir, DATA_NAME)
+    try:
+        size = os.stat(data_path).st_size
+    except FileNotFoundError:
+        if not os.path.isdir(step_dir):
+            raise CheckpointNotFoundError(step_dir, step) from None
+        raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
+    except OSError as error:  # a symlink loop, no permission
+        raise CorruptCheckpointError(data_path, f"cannot open ({error.strerror})",
+                                     step=step) from None
+    index = manifest["files"][DATA_NAME]
+    index_check.validate_index(index, data_path, size)
+    return data_path, index
 
 
 def step_info(manifest: dict, step_dir: str) -> StepInfo:
