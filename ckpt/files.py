@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ckpt import fsutil, h5format
+from ckpt import fsutil, h5format, manifest
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -41,7 +41,7 @@ def save(path: str | os.PathLike[str], tree: Any, *, metadata: Any = None,
     """
     path = Path(path)
     treedef, leaves = encode_tree(tree)
-    _check_json(metadata)
+    manifest.check_metadata(metadata)
     tmp = path.with_name(fsutil.tmp_name(path.name))
     try:
         h5format.write_state(tmp, treedef, leaves, metadata=metadata, progress=progress)
@@ -53,18 +53,6 @@ def save(path: str | os.PathLike[str], tree: Any, *, metadata: Any = None,
         if isinstance(error, OSError) and not isinstance(error, CheckpointError):
             raise SaveError.from_os_error(path, None, error) from error
         raise
-
-
-def _check_json(metadata: Any) -> None:
-    import json
-
-    from ckpt.errors import UnsupportedTypeError
-
-    try:
-        json.dumps(metadata, allow_nan=True)
-    except (TypeError, ValueError) as error:
-        raise UnsupportedTypeError("metadata", type(metadata).__name__,
-                                   f"metadata must be JSON-serializable ({error})") from None
 
 
 def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,

@@ -173,7 +173,7 @@ class CheckpointManager:
         if final.exists():  # checked again under the lock; this one fails fast (async too)
             raise StepExistsError(final, step)
         clean = manifest.clean_metrics(metrics)
-        manifest.encode({"metadata": metadata})  # refuse bad metadata before any work
+        manifest.check_metadata(metadata)
         treedef, leaves = encode_tree(state)
         if self._writer is not None:
             self._writer.submit(step, treedef, leaves, clean, metadata)

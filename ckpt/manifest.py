@@ -20,8 +20,8 @@ from ckpt import index as index_check
 from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedTypeError
 from ckpt.policies import StepInfo
 
-__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "encode", "read", "open_data", "step_info",
-           "clean_metrics"]
+__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "check_metadata", "encode", "read",
+           "open_data", "step_info", "clean_metrics"]
 
 MANIFEST_NAME = "manifest.json"
 DATA_NAME = "state.h5"
@@ -69,13 +69,18 @@ def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict,
             "retention": retention, "versions": _versions(), "files": {DATA_NAME: file_index}}
 
 
-def encode(manifest: dict) -> bytes:
-    """Serialize a manifest; non-JSON user metadata is refused with its name."""
+def check_metadata(metadata: Any) -> None:
+    """Refuse user metadata that JSON cannot hold, before any work is done."""
     try:
-        return json.dumps(manifest, separators=(",", ":")).encode()
+        json.dumps(metadata)
     except (TypeError, ValueError) as error:
-        raise UnsupportedTypeError("metadata", type(manifest.get("metadata")).__name__,
+        raise UnsupportedTypeError("metadata", type(metadata).__name__,
                                    f"metadata must be JSON-serializable ({error})") from None
+
+
+def encode(manifest: dict) -> bytes:
+    """Serialize a manifest (its metadata passed :func:`check_metadata` already)."""
+    return json.dumps(manifest, separators=(",", ":")).encode()
 
 
 def read(step_dir: str, step: int) -> dict:
