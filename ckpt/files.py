@@ -22,9 +22,8 @@ from ckpt.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     SaveError,
-    StateMismatchError,
 )
-from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
+from ckpt.tree import encode_tree, normalize_keys
 
 __all__ = ["save", "load", "load_metadata"]
 
@@ -67,14 +66,8 @@ def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
     _check_file(path)
     if not h5format.is_ckpt_file(path):
         return _load_foreign(path, keys)
-    index = h5format.read_header_index(path)
-    treedef, wanted = index["tree"], None
-    if keys is not None:
-        treedef, missing = select(treedef, keys)
-        _raise_missing(path, missing)
-        wanted = {number for _, number in leaf_paths(treedef)}
-    arrays = h5format.read_leaves(path, index, wanted, verify=verify, progress=progress)
-    return decode_tree(treedef, index["leaves"], arrays, device, path)
+    return h5format.read_tree(path, h5format.read_header_index(path), keys=keys,
+                              verify=verify, device=device, progress=progress)
 
 
 def load_metadata(path: str | os.PathLike[str]) -> Any:
@@ -99,12 +92,6 @@ def _check_file(path: str) -> None:
         raise CorruptCheckpointError(path, f"cannot open ({error.strerror})") from None
     if not stat.S_ISREG(mode):
         raise CorruptCheckpointError(path, "not a regular file")
-
-
-def _raise_missing(path: str, missing: list) -> None:
-    if missing:
-        raise StateMismatchError(path, [(keystr(p), "missing", "requested by keys=",
-                                         "nothing in the checkpoint") for p in missing])
 
 
 # ---------------------------------------------------------- plain HDF5
@@ -148,7 +135,7 @@ def _load_foreign(path: str, keys: Any) -> Any:
         for key_path in normalize_keys(keys):
             node = _lookup(file, "/".join(str(k) for k in key_path), reader)
             if node is None:
-                _raise_missing(path, [key_path])
+                h5format.raise_missing_keys(path, [key_path])
             target = out
             for key in key_path[:-1]:
                 target = target.setdefault(str(key), {})

@@ -42,9 +42,9 @@ import xxhash
 from ckpt import _failpoints
 from ckpt._progress import progress_bar
 from ckpt._types import KeyPath
-from ckpt.errors import CorruptCheckpointError
+from ckpt.errors import CorruptCheckpointError, StateMismatchError
 from ckpt.index import FORMAT, USERBLOCK, VERSION, validate_index
-from ckpt.tree import keystr
+from ckpt.tree import decode_tree, keystr, leaf_paths, select
 
 __all__ = [
     "FORMAT",
@@ -54,6 +54,8 @@ __all__ = [
     "write_state",
     "read_header_index",
     "read_leaves",
+    "read_tree",
+    "raise_missing_keys",
     "validate_index",
     "is_ckpt_file",
     "h5_name",
@@ -470,6 +472,29 @@ def _check_content(entry: dict, array: np.ndarray, path: str) -> None:
             problem = "a unicode array holds code points past U+10FFFF"
     if problem:
         raise CorruptCheckpointError(path, problem, key=keystr(entry["path"]))
+
+
+def raise_missing_keys(path: str, missing: list) -> None:
+    """One ``StateMismatchError`` for every ``keys=`` path that names nothing."""
+    if missing:
+        raise StateMismatchError(path, [(keystr(p), "missing", "requested by keys=",
+                                         "nothing in the checkpoint") for p in missing])
+
+
+def read_tree(path: str, index: dict, *, keys: Any = None, verify: bool = True,
+              device: Any = None, progress: bool | None = None) -> Any:
+    """The tree in ``path`` (all of it, or the subtrees ``keys`` names), rebuilt.
+
+    Only the selected leaves are read; a key that names nothing raises one
+    ``StateMismatchError`` listing every such key.
+    """
+    treedef, wanted = index["tree"], None
+    if keys is not None:
+        treedef, missing = select(treedef, keys)
+        raise_missing_keys(path, missing)
+        wanted = {number for _, number in leaf_paths(treedef)}
+    arrays = read_leaves(path, index, wanted, verify=verify, progress=progress)
+    return decode_tree(treedef, index["leaves"], arrays, device, path)
 
 
 def _few(keys: list[str]) -> str:

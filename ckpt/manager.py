@@ -39,7 +39,7 @@ from ckpt.policies import (
     retained_steps,
     to_spec,
 )
-from ckpt.tree import decode_tree, encode_tree, keystr, leaf_paths, normalize_keys, select
+from ckpt.tree import encode_tree, keystr, normalize_keys
 
 __all__ = ["CheckpointManager"]
 
@@ -347,17 +347,8 @@ class CheckpointManager:
     def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool,
                    device: Any) -> Any:
         data_path, index = manifest.open_data(step_dir, record["step"], record)
-        treedef, wanted = index["tree"], None
-        if keys is not None:
-            treedef, missing = select(treedef, keys)
-            wanted = {number for _, number in leaf_paths(treedef)}
-            if missing:
-                raise StateMismatchError(step_dir, [
-                    (keystr(p), "missing", "requested by keys=", "nothing in the checkpoint")
-                    for p in missing])
-        arrays = h5format.read_leaves(data_path, index, wanted, verify=verify,
-                                      progress=self.progress)
-        return decode_tree(treedef, index["leaves"], arrays, device, data_path)
+        return h5format.read_tree(data_path, index, keys=keys, verify=verify, device=device,
+                                  progress=self.progress)
 
     def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
         pairs = [((), into, restored)]
