@@ -44,6 +44,9 @@ class StagingPool:
         """
         staged, used, copies = [], {}, []
         for path, kind, array, extra in leaves:
+            if "alias" in extra:  # no bytes of its own: its base is staged
+                staged.append((path, kind, array, extra))
+                continue
             key = (array.shape, array.dtype.str)
             free = self._free.get(key)
             buffer = free.pop() if free else np.empty_like(array, order="C")

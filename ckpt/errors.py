@@ -91,18 +91,21 @@ class Mismatch(tuple):
 class StateMismatchError(CheckpointError, ValueError):
     """The checkpoint does not fit the template; lists every difference at once."""
 
-    def __init__(self, path: str, mismatches: Sequence[tuple[str, str, str, str]]) -> None:
+    def __init__(self, path: str, mismatches: Sequence[tuple[str, str, str, str]],
+                 hint: str = "") -> None:
         self.path = str(path)
         self.mismatches = [Mismatch(*m) for m in mismatches]
+        self.hint = hint
         lines = "\n".join(f"  {m}" for m in self.mismatches)
         n = len(self.mismatches)
-        super().__init__(
-            f"checkpoint {self.path} does not match the template ({n} difference"
-            f"{'s' if n != 1 else ''}):\n{lines}"
-        )
+        msg = (f"checkpoint {self.path} does not match the template ({n} difference"
+               f"{'s' if n != 1 else ''}):\n{lines}")
+        if hint:
+            msg += f"\nhint: {hint}"
+        super().__init__(msg)
 
     def __reduce__(self):
-        return (type(self), (self.path, [tuple(m) for m in self.mismatches]))
+        return (type(self), (self.path, [tuple(m) for m in self.mismatches], self.hint))
 
 
 class UnsupportedTypeError(CheckpointError, TypeError):

@@ -209,7 +209,11 @@ def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int
         }
         if extra:
             entry["extra"] = extra
-        if array.nbytes < PACK_THRESHOLD:
+        if "alias" in extra:
+            # bytes another leaf already holds (tied tensors): stored once, with that leaf
+            entry["alias"] = extra["alias"]
+            entry["extra"] = {k: v for k, v in extra.items() if k != "alias"}
+        elif array.nbytes < PACK_THRESHOLD:
             aligned = -size % PACK_ALIGN
             if not packs or size + aligned + array.nbytes > PACK_LIMIT:
                 packs.append({"nbytes": 0})
@@ -247,7 +251,7 @@ def write_state(
             buffer[start:start + view.size] = view
         pack["checksum"] = checksum(buffer)
         pack_buffers.append(buffer)
-    big = [n for n, e in enumerate(entries) if "pack" not in e]
+    big = [n for n, e in enumerate(entries) if "pack" not in e and "alias" not in e]
     for number in big:
         entries[number]["checksum"] = checksum(_bytes_view(leaves[number][2]))
 
@@ -383,17 +387,26 @@ def read_leaves(
     *,
     verify: bool = True,
     progress: bool | None = None,
+    into: dict[int, np.ndarray] | None = None,
 ) -> dict[int, Any]:
     """Read leaves (all, or the numbers in ``wanted``) as encoded arrays.
 
-    Returns ``{leaf number: array}``. Checksums are verified unless ``verify`` is
-    false; a mismatch raises :class:`CorruptCheckpointError` naming the key.
+    Returns ``{leaf number: array}``. ``into`` maps leaf numbers to C-contiguous
+    arrays of the leaf's dtype and shape that the bytes are read straight into
+    (a template's own memory; the returned array is then that array). Checksums
+    are verified unless ``verify`` is false; a mismatch raises
+    :class:`CorruptCheckpointError` naming the key, and leaves the ``into`` arrays
+    read so far overwritten.
     """
     path = os.fspath(path)
     entries = index["leaves"]
+    into = into or {}
     numbers = range(len(entries)) if wanted is None else sorted(wanted)
-    big = [n for n in numbers if "pack" not in entries[n]]
-    packs_needed = sorted({entries[n]["pack"] for n in numbers if "pack" in entries[n]})
+    # an alias leaf (a tied tensor) is a view of another leaf's bytes: read that one
+    bases = {entries[n]["alias"]["of"] for n in numbers if "alias" in entries[n]}
+    stored = sorted({n for n in numbers if "alias" not in entries[n]} | bases)
+    big = [n for n in stored if "pack" not in entries[n]]
+    packs_needed = sorted({entries[n]["pack"] for n in stored if "pack" in entries[n]})
     total = sum(entries[n]["nbytes"] for n in big)
     total += sum(index["packs"][p]["nbytes"] for p in packs_needed)
     out: dict[int, Any] = {}
@@ -418,33 +431,48 @@ def read_leaves(
                 buffer = np.empty(pack["nbytes"], dtype=np.uint8)
                 _pread_all(fd, buffer, pack["offset"], path, pack["h5"])
                 if verify and checksum(buffer) != pack["checksum"]:
-                    keys = [keystr(entries[n]["path"]) for n in numbers
+                    keys = [keystr(entries[n]["path"]) for n in stored
                             if entries[n].get("pack") == number]
                     raise CorruptCheckpointError(
                         path, f"checksum mismatch in packed small leaves {pack['h5']} "
                         f"(holding {_few(keys)})", key=keys[0] if keys else pack["h5"])
                 pack_data[number] = buffer
                 bar.update(buffer.size)
-            for n in numbers:
-                entry = entries[n]
-                dtype = np.dtype(entry["dtype"])
-                if "pack" in entry:
-                    start = entry["pack_offset"]
-                    raw = pack_data[entry["pack"]][start:start + entry["nbytes"]]
-                    out[n] = raw.view(dtype).reshape(entry["shape"]).copy()
-                    _check_content(entry, out[n], path)
-                    continue
-                array = np.empty(entry["shape"], dtype=dtype)
-                _pread_all(fd, _bytes_view(array), entry["offset"], path,
-                           keystr(entry["path"]), bar)
-                if verify and checksum(_bytes_view(array)) != entry["checksum"]:
-                    raise CorruptCheckpointError(path, "checksum mismatch",
-                                                 key=keystr(entry["path"]))
-                _check_content(entry, array, path)
-                out[n] = array
+            for n in stored:
+                out[n] = _read_leaf(fd, entries[n], pack_data, into.get(n), path, verify, bar)
     finally:
         os.close(fd)
+    for n in numbers:
+        if "alias" in entries[n]:
+            out[n] = _alias_view(entries[n], out[entries[n]["alias"]["of"]])
     return out
+
+
+def _read_leaf(fd: int, entry: dict, pack_data: dict, target: np.ndarray | None,
+               path: str, verify: bool, bar: Any) -> np.ndarray:
+    """One stored leaf, read into ``target`` when given (else into fresh memory)."""
+    dtype = np.dtype(entry["dtype"])
+    array = target if target is not None else np.empty(entry["shape"], dtype=dtype)
+    if "pack" in entry:
+        start = entry["pack_offset"]
+        raw = pack_data[entry["pack"]][start:start + entry["nbytes"]]
+        _bytes_view(array)[:] = raw
+    else:
+        _pread_all(fd, _bytes_view(array), entry["offset"], path, keystr(entry["path"]), bar)
+        if verify and checksum(_bytes_view(array)) != entry["checksum"]:
+            raise CorruptCheckpointError(path, "checksum mismatch", key=keystr(entry["path"]))
+    _check_content(entry, array, path)
+    return array
+
+
+def _alias_view(entry: dict, base: np.ndarray) -> np.ndarray:
+    """The values of an alias leaf: a read-only strided view of its base leaf's bytes."""
+    alias = entry["alias"]
+    view = np.ndarray(tuple(entry["shape"]), dtype=np.dtype(entry["dtype"]),
+                      buffer=_bytes_view(base), offset=alias["offset"],
+                      strides=tuple(alias["strides"]))
+    view.flags.writeable = False
+    return view
 
 
 _BIGINT = re.compile(rb"-?[0-9]+")

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from ckpt.errors import CorruptCheckpointError
-from ckpt.tree import LEAF_KINDS, MAX_TREE_DEPTH, keystr
+from ckpt.tree import (
+    CONTAINER_TAGS,
+    DEFAULT_FACTORIES,
+    LEAF_KINDS,
+    MAPPING_TAGS,
+    MAX_TREE_DEPTH,
+    keystr,
+)
 
 __all__ = ["FORMAT", "VERSION", "USERBLOCK", "validate_index"]
 
@@ -56,12 +63,11 @@ class _Invalid(Exception):
 
 # What encode_leaf produces for each kind: decode_leaf is only handed these.
 _SCALAR_KINDS = {"bool": "|b1", "int": "<i8", "float": "<f8", "complex": "<c16"}
-_BYTE_KINDS = ("bigint", "str", "bytes")
+_BYTE_KINDS = ("bigint", "str", "bytes", "torch_dtype", "torch_device")
 _TORCH_STORAGE = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8",
                   "c8", "c16"}
 # a dtype as ``np.dtype.str`` spells it, of a kind a leaf may have (no object, no void)
 _DTYPE = re.compile(r"[<>|][biufcSUmM][0-9]+(\[[0-9]*[A-Za-z]+\])?")
-_TREE_TAGS = ("dict", "odict", "list", "tuple")
 MAX_NDIM = 64  # numpy's limit
 
 
@@ -116,7 +122,9 @@ def _validate(index: Any, file_size: int | None) -> None:
             raise _Invalid(f"shape {shape} of {dtype} does not hold {str(nbytes)[:30]} bytes",
                            key)
         _check_kind(entry, dtype, shape, key)
-        if "pack" in entry:
+        if "alias" in entry:
+            _check_alias(entry, entries, dtype, shape, key)
+        elif "pack" in entry:
             number, start = entry["pack"], entry["pack_offset"]
             if not (type(number) is int and 0 <= number < len(packs) and type(start) is int
                     and 0 <= start and start + nbytes <= packs[number]["nbytes"]):
@@ -157,6 +165,8 @@ def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:
         ok = dtype.str == "|u1" and len(shape) == 1
     elif kind == "none":
         ok = dtype.str == "|u1" and shape == [0]
+    elif kind == "torch_size":
+        ok = dtype.str == "<i8" and len(shape) == 1
     elif kind == "torch":
         ok = (dtype.str[1:] in _TORCH_STORAGE and type(extra.get("dtype")) is str
               and type(extra.get("requires_grad", False)) is bool
@@ -166,6 +176,28 @@ def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:
     if not ok:
         raise _Invalid(f"a {kind} leaf cannot be {dtype.str} of shape {shape} "
                        f"(extra {str(extra)[:50]})", key)
+
+
+def _check_alias(entry: dict, entries: list, dtype: np.dtype, shape: list, key: str) -> None:
+    """An alias (a tied tensor) must lie inside the bytes of a stored torch leaf."""
+    alias = entry["alias"]
+    if not isinstance(alias, dict) or entry["kind"] != "torch":
+        raise _Invalid("an alias must be a mapping on a torch leaf", key)
+    base, offset, strides = alias["of"], alias["offset"], alias["strides"]
+    if not (type(base) is int and 0 <= base < len(entries) and isinstance(entries[base], dict)
+            and "alias" not in entries[base] and entries[base].get("kind") == "torch"):
+        raise _Invalid(f"alias of {str(base)[:30]}, which is no stored torch leaf", key)
+    if (type(offset) is not int or offset < 0 or not isinstance(strides, list)
+            or len(strides) != len(shape) or any(type(s) is not int or s < 0 for s in strides)):
+        raise _Invalid("alias offset and strides must be non-negative ints, one per dimension",
+                       key)
+    if 0 in shape:
+        return
+    extent = offset + sum((d - 1) * s for d, s in zip(shape, strides)) + dtype.itemsize
+    base_nbytes = entries[base].get("nbytes")
+    if type(base_nbytes) is not int or extent > base_nbytes:
+        raise _Invalid(f"alias reaches byte {extent} of a {str(base_nbytes)[:30]}-byte leaf",
+                       key)
 
 
 def _check_tree(tree: Any, count: int) -> None:
@@ -179,12 +211,15 @@ def _check_tree(tree: Any, count: int) -> None:
                 raise _Invalid("tree and leaves do not match", None)
             seen[node] = 1
             continue
-        if not isinstance(node, dict) or node.get("t") not in _TREE_TAGS:
+        if not isinstance(node, dict) or node.get("t") not in CONTAINER_TAGS:
             raise _Invalid(f"invalid tree node {str(node)[:50]}", None)
         children = node.get("c")
         if not isinstance(children, list):
             raise _Invalid("tree children must be a list", None)
-        if node["t"] in ("dict", "odict"):
+        if node["t"] == "ddict" and (type(node.get("f")) is not str
+                                     or node["f"] not in DEFAULT_FACTORIES):
+            raise _Invalid(f"unknown defaultdict factory {str(node.get('f'))[:50]!r}", None)
+        if node["t"] in MAPPING_TAGS:
             keys = node.get("k")
             if (not isinstance(keys, list) or len(keys) != len(children)
                     or any(type(k) not in (str, int) for k in keys)

@@ -423,15 +423,18 @@ def _read_groups(index: dict, numbers: Any = None) -> list[tuple[set[int], int]]
     entries = index["leaves"]
     numbers = range(len(entries)) if numbers is None else numbers
     packs: dict[int, set[int]] = {}
-    big = []
+    big: dict[int, set[int]] = {}
     for number in numbers:
         entry = entries[number]
-        if "pack" in entry:
-            packs.setdefault(entry["pack"], set()).add(number)
+        # an alias (tied tensor) has no bytes of its own: it is read with its base
+        stored = entries[entry["alias"]["of"]] if "alias" in entry else entry
+        base = entry["alias"]["of"] if "alias" in entry else number
+        if "pack" in stored:
+            packs.setdefault(stored["pack"], set()).add(number)
         else:
-            big.append(({number}, int(entry["nbytes"])))
+            big.setdefault(base, set()).add(number)
     packed = [(members, int(index["packs"][p]["nbytes"])) for p, members in sorted(packs.items())]
-    return packed + big
+    return packed + [(members, int(entries[base]["nbytes"])) for base, members in big.items()]
 
 
 def iter_arrays(data_path: str, index: dict, numbers: Any = None,

@@ -21,13 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ckpt import _failpoints, fsutil, h5format, manifest, template
+from ckpt import _failpoints, fsutil, h5format, manifest
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     SaveError,
-    StateMismatchError,
     StepExistsError,
 )
 from ckpt.policies import (
@@ -39,7 +38,8 @@ from ckpt.policies import (
     retained_steps,
     to_spec,
 )
-from ckpt.tree import encode_tree, keystr, normalize_keys
+from ckpt.restore import restore_into
+from ckpt.tree import encode_tree
 
 __all__ = ["CheckpointManager"]
 
@@ -331,7 +331,7 @@ class CheckpointManager:
         step_dir = str(self.directory / fsutil.step_dir_name(step))
         try:
             record = manifest.read(step_dir, step)
-            restored = self._read_tree(step_dir, record, keys, verify, device)
+            restored = self._read_tree(step_dir, record, keys, verify, device, into, strict)
         except FileNotFoundError as error:
             if not os.path.isdir(step_dir):
                 raise CheckpointNotFoundError(step_dir, step) from None
@@ -339,36 +339,17 @@ class CheckpointManager:
                                          "data file is missing", step=step) from None
         except CorruptCheckpointError as error:
             raise error.for_step(step) from None
-        result = restored if into is None else self._fill(step_dir, into, restored, keys,
-                                                            strict)
         self.last_restored_step = step
-        return result
+        return restored
 
     def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool,
-                   device: Any) -> Any:
+                   device: Any, into: Any = None, strict: bool = True) -> Any:
         data_path, index = manifest.open_data(step_dir, record["step"], record)
+        if into is not None:
+            return restore_into(data_path, index, into, keys=keys, strict=strict,
+                                verify=verify, progress=self.progress, where=step_dir)
         return h5format.read_tree(data_path, index, keys=keys, verify=verify, device=device,
                                   progress=self.progress)
-
-    def _fill(self, step_dir: str, into: Any, restored: Any, keys: Any, strict: bool) -> Any:
-        pairs = [((), into, restored)]
-        if keys is not None:
-            pairs = [(p, _walk(into, p, step_dir), _walk(restored, p, step_dir))
-                     for p in normalize_keys(keys)]
-        mismatches: list = []
-        for path, part, value in pairs:
-            template.fill(part, value, apply=False, path=path, mismatches=mismatches)
-        if mismatches and strict:
-            raise StateMismatchError(step_dir, mismatches)
-        if mismatches:
-            report = StateMismatchError(step_dir, mismatches)
-            warnings.warn(f"ckpt: restored what matches; {report}", stacklevel=3)
-            log.warning("partial restore: %s", report)
-        result = into
-        for path, part, value in pairs:
-            filled = template.fill(part, value, apply=True, path=path)
-            result = _replace(result, path, filled)
-        return result
 
     # ----------------------------------------------------------- polling
 
@@ -437,27 +418,3 @@ class CheckpointManager:
 def _find_best(policy: Policy) -> KeepBest | None:
     parts = getattr(policy, "policies", (policy,))
     return next((p for p in parts if isinstance(p, KeepBest)), None)
-
-
-def _walk(tree: Any, path: tuple, where: str) -> Any:
-    node = tree
-    for key in path:
-        try:
-            node = node[key]
-        except (KeyError, IndexError, TypeError):
-            raise StateMismatchError(where, [(keystr(path), "missing", "requested by keys=",
-                                              "nothing in the template")]) from None
-    return node
-
-
-def _replace(tree: Any, path: tuple, value: Any) -> Any:
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    if isinstance(tree, dict):
-        out = type(tree)(tree)
-        out[head] = _replace(tree[head], rest, value)
-        return out
-    items = list(tree)
-    items[head] = _replace(items[head], rest, value)
-    return type(tree)(items)

@@ -1,13 +1,28 @@
-"""Restore into a template: fill arrays in place, call ``load_state_dict``.
+"""Restore into a template: compare first, then fill containers, arrays and objects in place.
 
-The comparison runs first and touches nothing; only when it passes (or with
-``strict=False``, for the parts that match) is anything filled. So a mismatched
-checkpoint never leaves the template half-restored.
+A restore into a template runs in two passes over the same template:
+
+1. **plan** against :class:`LeafSpec` placeholders built from the index alone: every
+   missing or unexpected key, type, shape and dtype difference is collected before
+   a byte is read, and every template array or CPU tensor that can take its leaf's
+   bytes directly is noted as that leaf's *destination* (read straight into it, no
+   second copy of the state);
+2. **apply** with the values read: mutable containers (dict, OrderedDict, list, ...)
+   are updated in place, arrays and tensors filled, stateful objects get
+   ``load_state_dict``; tuples and other immutables are rebuilt.
+
+Stateful objects follow their own contract. An ``nn.Module``'s keys must match
+(as torch's strict ``load_state_dict`` demands). Any other stateful object (an
+optimizer, a scheduler, a sampler) gets whatever keys the checkpoint holds, since
+its ``load_state_dict`` decides what it accepts: optimizers add keys to their state
+and ``param_groups`` as they step, so a fresh template lacks them. Shapes and
+dtypes of tensors and arrays that both sides have are checked everywhere.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,128 +30,329 @@ import numpy as np
 from ckpt._types import KeyPath, is_stateful
 from ckpt.tree import keystr
 
-__all__ = ["fill", "describe"]
+__all__ = ["LeafSpec", "Plan", "describe", "plan", "apply"]
 
-_CONTAINERS = (dict, list, tuple)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_KIND_TYPES: dict[str, type] = {
+    "bool": bool, "int": int, "bigint": int, "float": float, "complex": complex,
+    "str": str, "bytes": bytes, "none": type(None), "ndarray": np.ndarray,
+}
+
+
+class LeafSpec:
+    """What the checkpoint holds at one leaf, known from the index without reading it."""
+
+    __slots__ = ("number", "kind", "dtype", "shape", "extra", "alias")
+
+    def __init__(self, number: int, entry: dict) -> None:
+        self.number = number
+        self.kind = entry["kind"]
+        self.dtype = np.dtype(entry["dtype"])
+        self.shape = tuple(entry["shape"])
+        self.extra = entry.get("extra") or {}
+        self.alias = entry.get("alias")  # stored as a view of another leaf's bytes
+
+    def value_type(self) -> type | None:
+        """The Python type this leaf comes back as (None: only its adapter knows)."""
+        if self.kind == "npscalar":
+            return self.dtype.type
+        return _KIND_TYPES.get(self.kind)
+
+    def __repr__(self) -> str:
+        return f"LeafSpec({self.number}, {self.kind}, {self.dtype}, {self.shape})"
 
 
 def describe(value: Any) -> str:
     """A short description for mismatch reports: type, dtype and shape."""
+    if isinstance(value, LeafSpec):
+        if value.kind == "torch":
+            return f"Tensor torch.{value.extra.get('dtype')} {value.shape}"
+        if value.kind == "ndarray":
+            return f"array {value.dtype} {value.shape}"
+        kind = value.value_type()
+        return kind.__name__ if kind is not None else value.kind
     if isinstance(value, np.ndarray):
         return f"array {value.dtype} {tuple(value.shape)}"
     if hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, np.generic):
         return f"{type(value).__name__} {value.dtype} {tuple(value.shape)}"
     if isinstance(value, dict):
         return "dict"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, _CONTAINERS):
         return f"{type(value).__name__} of {len(value)}"
     return type(value).__name__
 
 
-def fill(template: Any, restored: Any, *, apply: bool, path: KeyPath = (),
-         mismatches: list | None = None) -> Any:
-    """Match ``restored`` against ``template``; with ``apply``, fill it in.
+class Plan:
+    """What the plan pass found: mismatches, hints, destinations, and the state dicts
+    of the template's stateful objects (taken once, so both passes see the same)."""
 
-    Collects ``(key, kind, expected, found)`` mismatches in ``mismatches``. With
-    ``apply`` true, returns the template's tree with restored values: numpy arrays
-    (and tensors, through their adapter) filled in place, stateful objects loaded,
-    immutable leaves replaced; mismatched parts keep the template's value.
+    def __init__(self) -> None:
+        self.mismatches: list[tuple[str, str, str, str]] = []
+        self.hints: list[str] = []
+        self.destinations: dict[int, np.ndarray] = {}
+        self.targets: dict[int, Any] = {}  # leaf number -> the template object it fills
+        self.states: dict[int, Any] = {}  # id(stateful object) -> its state dict
+
+
+def plan(template: Any, specs: Any, result: Plan, path: KeyPath = ()) -> None:
+    """Compare ``template`` with the checkpoint's ``specs`` tree; record into ``result``."""
+    _Walk(result, planning=True).fill(template, specs, path, lenient=False)
+
+
+def apply(template: Any, restored: Any, result: Plan, path: KeyPath = ()) -> Any:
+    """Fill ``template`` with ``restored`` values; returns the filled template.
+
+    Parts that do not match (``strict=False``) keep the template's value.
     """
-    if mismatches is None:
-        mismatches = []
-    if is_stateful(template) and not isinstance(template, _CONTAINERS):
-        state = template.state_dict()
-        # with strict=False the object gets its own state with the matching parts
-        # restored, which is what "restore what matches" means for it
-        merged = fill(state, restored, apply=apply, path=path, mismatches=mismatches)
-        if apply:
-            template.load_state_dict(merged)
-        return template
-    if isinstance(template, dict):
-        return _fill_dict(template, restored, apply, path, mismatches)
-    if isinstance(template, (list, tuple)):
-        return _fill_sequence(template, restored, apply, path, mismatches)
-    return _fill_leaf(template, restored, apply, path, mismatches)
+    return _Walk(result, planning=False).fill(template, restored, path, lenient=False)
 
 
-def _fill_dict(template: dict, restored: Any, apply: bool, path: KeyPath,
-               mismatches: list) -> Any:
-    if not isinstance(restored, dict):
-        mismatches.append((keystr(path), "type", "dict", describe(restored)))
-        return template
-    if not template:
-        # An empty dict accepts whatever the checkpoint has: a fresh optimizer's
-        # state is {} until its first step, and must still take the saved state.
-        return restored if apply else template
-    out = {}
-    for key, value in template.items():
-        if key in restored:
-            out[key] = fill(value, restored[key], apply=apply, path=(*path, key),
-                            mismatches=mismatches)
+class _Walk:
+    def __init__(self, result: Plan, planning: bool) -> None:
+        self.result = result
+        self.planning = planning
+        self.mismatches = result.mismatches if planning else []
+
+    def mismatch(self, path: KeyPath, kind: str, expected: str, found: str) -> None:
+        self.mismatches.append((keystr(path), kind, expected, found))
+
+    def fill(self, template: Any, restored: Any, path: KeyPath, lenient: bool) -> Any:
+        if is_stateful(template) and not isinstance(template, _CONTAINERS):
+            return self.stateful(template, restored, path)
+        if type(template) in _SPECIAL_LEAVES():
+            return self.leaf(template, restored, path, lenient)
+        if isinstance(template, dict):
+            return self.mapping(template, restored, path, lenient)
+        if isinstance(template, (list, tuple)):
+            return self.sequence(template, restored, path, lenient)
+        if isinstance(template, (set, frozenset)):
+            return self.set_(template, restored, path, lenient)
+        return self.leaf(template, restored, path, lenient)
+
+    # ------------------------------------------------------------ objects
+
+    def stateful(self, obj: Any, restored: Any, path: KeyPath) -> Any:
+        adapter = _torch_adapter()
+        is_module = adapter is not None and adapter.is_module(obj)
+        key = id(obj)
+        if key not in self.result.states:
+            self.result.states[key] = (adapter.module_state_dict(obj) if is_module
+                                       else obj.state_dict())
+        state = self.result.states[key]
+        if is_module and isinstance(restored, Mapping):
+            restored = adapter.canonical_restored(restored, state)
+        if self.planning and adapter is not None and isinstance(restored, Mapping):
+            for problem in adapter.structure_mismatches(obj, state, restored):
+                self.mismatch(path, *problem)
+        before = len(self.mismatches)
+        merged = self.fill(state, restored, path, lenient=not is_module)
+        if self.planning:
+            if is_module and len(self.mismatches) > before:
+                hint = adapter.prefix_hint(keystr(path), self.mismatches[before:])
+                if hint:
+                    self.result.hints.append(hint)
+            return obj
+        if is_module:
+            adapter.load_module_state(obj, merged)
         else:
-            mismatches.append((keystr((*path, key)), "missing", describe(value),
-                               "nothing in the checkpoint"))
-            out[key] = value
-    for key in restored:
-        if key not in template:
-            mismatches.append((keystr((*path, key)), "unexpected", "nothing in the template",
-                               describe(restored[key])))
-    return type(template)(out) if apply else template
+            _load(obj, merged, path)
+        return obj
 
+    # --------------------------------------------------------- containers
 
-def _fill_sequence(template: list | tuple, restored: Any, apply: bool, path: KeyPath,
-                   mismatches: list) -> Any:
-    if not isinstance(restored, (list, tuple)):
-        mismatches.append((keystr(path), "type", describe(template), describe(restored)))
+    def mapping(self, template: dict, restored: Any, path: KeyPath, lenient: bool) -> Any:
+        if not isinstance(restored, dict):
+            if not lenient:
+                self.mismatch(path, "type", "dict", describe(restored))
+            return template if not lenient or self.planning else restored
+        if not template:
+            # An empty dict accepts whatever the checkpoint has: a fresh optimizer's
+            # state is {} until its first step, and must still take the saved state.
+            if not self.planning:
+                template.clear()
+                template.update(restored)
+            return template
+        if lenient:
+            # the object's own load_state_dict decides about keys one side lacks
+            out = {k: (self.fill(template[k], v, (*path, k), True) if k in template else v)
+                   for k, v in restored.items()}
+            return template if self.planning else _rebuild_mapping(template, out)
+        for key, value in template.items():
+            if key in restored:
+                filled = self.fill(value, restored[key], (*path, key), False)
+                if not self.planning and filled is not value:
+                    template[key] = filled
+            else:
+                self.mismatch((*path, key), "missing", describe(value),
+                              "nothing in the checkpoint")
+        for key in restored:
+            if key not in template:
+                self.mismatch((*path, key), "unexpected", "nothing in the template",
+                              describe(restored[key]))
         return template
-    out = [fill(t, r, apply=apply, path=(*path, i), mismatches=mismatches)
-           for i, (t, r) in enumerate(zip(template, restored))]
-    for i in range(len(restored), len(template)):
-        mismatches.append((keystr((*path, i)), "missing", describe(template[i]),
-                           "nothing in the checkpoint"))
-        out.append(template[i])
-    for i in range(len(template), len(restored)):
-        mismatches.append((keystr((*path, i)), "unexpected", "nothing in the template",
-                           describe(restored[i])))
-    return type(template)(out) if apply else template
 
+    def sequence(self, template: list | tuple, restored: Any, path: KeyPath,
+                 lenient: bool) -> Any:
+        if not isinstance(restored, (list, tuple)):
+            if not lenient:
+                self.mismatch(path, "type", describe(template), describe(restored))
+            return template if not lenient or self.planning else restored
+        filled = [self.fill(t, r, (*path, i), lenient)
+                  for i, (t, r) in enumerate(zip(template, restored))]
+        if lenient:
+            filled += list(restored[len(template):])
+        else:
+            for i in range(len(restored), len(template)):
+                self.mismatch((*path, i), "missing", describe(template[i]),
+                              "nothing in the checkpoint")
+            for i in range(len(template), len(restored)):
+                self.mismatch((*path, i), "unexpected", "nothing in the template",
+                              describe(restored[i]))
+            filled += list(template[len(restored):])
+        if self.planning:
+            return template
+        if type(template) is list and not lenient:
+            template[:len(filled)] = filled  # in place: the caller's list is current
+            return template
+        return _rebuild_sequence(template, filled)
 
-def _fill_leaf(template: Any, restored: Any, apply: bool, path: KeyPath,
-               mismatches: list) -> Any:
-    key = keystr(path)
-    if isinstance(restored, _CONTAINERS):
-        mismatches.append((key, "type", describe(template), describe(restored)))
-        return template
-    if isinstance(template, np.ndarray):
-        if not isinstance(restored, np.ndarray):
-            mismatches.append((key, "type", describe(template), describe(restored)))
-        elif template.shape != restored.shape:
-            mismatches.append((key, "shape", str(template.shape), str(restored.shape)))
-        elif template.dtype != restored.dtype:
-            mismatches.append((key, "dtype", str(template.dtype), str(restored.dtype)))
-        elif apply:
+    def set_(self, template: set | frozenset, restored: Any, path: KeyPath,
+             lenient: bool) -> Any:
+        if not isinstance(restored, (set, frozenset)):
+            if not lenient:
+                self.mismatch(path, "type", describe(template), describe(restored))
+            return template if not lenient or self.planning else restored
+        if self.planning:
+            return template
+        if type(template) is set:
+            template.clear()
+            template.update(restored)
+            return template
+        return restored
+
+    # ------------------------------------------------------------- leaves
+
+    def leaf(self, template: Any, restored: Any, path: KeyPath, lenient: bool) -> Any:
+        if isinstance(restored, _CONTAINERS) and not isinstance(template, _CONTAINERS):
+            if not lenient:
+                self.mismatch(path, "type", describe(template), describe(restored))
+            return template if not lenient or self.planning else restored
+        if self.planning:
+            self.plan_leaf(template, restored, path, lenient)
+            return template
+        return self.apply_leaf(template, restored, path, lenient)
+
+    def plan_leaf(self, template: Any, spec: LeafSpec, path: KeyPath, lenient: bool) -> None:
+        if isinstance(template, np.ndarray):
+            problem = _array_spec_mismatch(template, spec)
+            if problem is None:
+                self.destine(spec, template, template if _fillable(template, spec) else None)
+        elif (adapter := _tensor_adapter(template)) is not None:
+            problem = adapter.spec_mismatch(template, spec)
+            if problem is None:
+                self.destine(spec, template, adapter.destination(template, spec))
+        else:
+            if lenient or template is None:
+                return
+            expected = spec.value_type()
+            if expected is None:  # a torch value kind: its adapter knows the type
+                expected = _torch_adapter().value_type(spec.kind)
+            problem = (None if type(template) is expected
+                       else ("type", describe(template), describe(spec)))
+        if problem is not None and not (lenient and problem[0] == "type"):
+            self.mismatch(path, *problem)
+
+    def destine(self, spec: LeafSpec, template: Any, destination: np.ndarray | None) -> None:
+        self.result.targets[spec.number] = template
+        if destination is not None:
+            self.result.destinations[spec.number] = destination
+
+    def apply_leaf(self, template: Any, restored: Any, path: KeyPath, lenient: bool) -> Any:
+        if restored is template:  # read straight into the template's memory
+            return template
+        if isinstance(template, np.ndarray):
+            if not isinstance(restored, np.ndarray):
+                return restored if lenient else template
+            if template.shape != restored.shape or template.dtype != restored.dtype:
+                return template
             if template.flags.writeable:
                 np.copyto(template, restored)
                 return template
             return restored
-        return template
-    adapter = _tensor_adapter(template)
-    if adapter is not None:
-        problem = adapter.mismatch(template, restored)
-        if problem:
-            mismatches.append((key, *problem))
+        adapter = _tensor_adapter(template)
+        if adapter is not None:
+            if adapter.mismatch(template, restored):
+                return restored if lenient and not adapter.is_tensor(restored) else template
+            return adapter.copy_into(template, restored)
+        if (template is not None and type(template) is not type(restored)) and not lenient:
             return template
-        return adapter.copy_into(template, restored) if apply else template
-    if template is not None and type(template) is not type(restored):
-        mismatches.append((key, "type", describe(template), describe(restored)))
-        return template
-    return restored if apply else template
+        return restored
+
+
+def _array_spec_mismatch(template: np.ndarray, spec: LeafSpec) -> tuple | None:
+    if spec.kind != "ndarray":
+        return ("type", describe(template), describe(spec))
+    shape_differs = template.shape != spec.shape
+    dtype_differs = template.dtype != spec.dtype
+    if shape_differs and dtype_differs:
+        return ("shape and dtype", f"{template.shape} {template.dtype}",
+                f"{spec.shape} {spec.dtype}")
+    if shape_differs:
+        return ("shape", str(template.shape), str(spec.shape))
+    if dtype_differs:
+        return ("dtype", str(template.dtype), str(spec.dtype))
+    return None
+
+
+def _fillable(array: np.ndarray, spec: LeafSpec) -> bool:
+    """Whether the leaf's bytes can be read straight into ``array``."""
+    flags = array.flags
+    return (flags.writeable and flags.c_contiguous and flags.aligned
+            and array.dtype.str == spec.dtype.str and array.size > 0)
+
+
+def _load(obj: Any, state: Any, path: KeyPath) -> None:
+    from ckpt.errors import StateMismatchError
+
+    try:
+        obj.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as error:
+        # the object refused what the checkpoint holds: say where, not only what
+        raise StateMismatchError("<template>", [(
+            keystr(path), "refused by load_state_dict", f"what {type(obj).__name__} accepts",
+            f"{type(error).__name__}: {str(error)[:300]}")]) from error
+
+
+def _rebuild_mapping(template: dict, items: dict) -> dict:
+    out = type(template).__new__(type(template))
+    if hasattr(template, "default_factory"):
+        out.default_factory = template.default_factory
+    dict.update(out, items)
+    return out
+
+
+def _rebuild_sequence(template: list | tuple, items: list) -> Any:
+    if type(template) in (list, tuple):
+        return type(template)(items)
+    return type(template)(items) if not hasattr(template, "_fields") else type(template)(*items)
+
+
+def _SPECIAL_LEAVES() -> tuple:  # noqa: N802 - a constant that needs torch
+    """Leaf types that are containers to Python (torch.Size is a tuple)."""
+    torch = sys.modules.get("torch")
+    return (torch.Size,) if torch is not None else ()
+
+
+def _torch_adapter() -> Any:
+    if "torch" not in sys.modules:  # a torch object exists only if torch was imported
+        return None
+    from ckpt.integrations import torch as torch_adapter
+
+    return torch_adapter
 
 
 def _tensor_adapter(value: Any) -> Any:
-    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        from ckpt.integrations import torch as torch_adapter
-
-        return torch_adapter
+        return _torch_adapter()
     return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -48,7 +48,17 @@ MAX_TREE_DEPTH = 256
 # dtype kinds a numpy array may have: bool, ints, floats, complex, datetimes,
 # fixed-width bytes and unicode. Object ("O") and structured ("V") are refused.
 _ARRAY_KINDS = set("biufcmMSU")
-_CONTAINER_TYPES = {dict: "dict", OrderedDict: "odict", list: "list", tuple: "tuple"}
+_CONTAINER_TYPES = {dict: "dict", OrderedDict: "odict", list: "list", tuple: "tuple",
+                    Counter: "counter", defaultdict: "ddict", set: "set", frozenset: "fset"}
+CONTAINER_TAGS = frozenset(_CONTAINER_TYPES.values())
+MAPPING_TAGS = frozenset(["dict", "odict", "counter", "ddict"])
+# A defaultdict's factory is code; only these builtin types are stored (by name).
+DEFAULT_FACTORIES: dict[str, Any] = {
+    "none": None, "list": list, "dict": dict, "set": set, "frozenset": frozenset,
+    "tuple": tuple, "int": int, "float": float, "complex": complex, "str": str,
+    "bytes": bytes, "bool": bool, "OrderedDict": OrderedDict, "Counter": Counter,
+}
+_FACTORY_NAMES = {id(v): k for k, v in DEFAULT_FACTORIES.items()}
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-:]*$")
 
 
@@ -83,15 +93,16 @@ def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
     if len(path) > MAX_TREE_DEPTH:
         raise UnsupportedTypeError(keystr(path[:8]) + "/...", _type_name(node),
                                    f"containers nested deeper than {MAX_TREE_DEPTH} levels")
-    if is_stateful(node) and not isinstance(node, (dict, list, tuple)):
-        node = node.state_dict()
+    if is_stateful(node) and not isinstance(node, _BUILTIN_CONTAINERS):
+        node = state_dict_of(node)
     tag = _CONTAINER_TYPES.get(type(node))
     if tag is None:
-        if isinstance(node, (dict, list, tuple)):
+        if isinstance(node, _BUILTIN_CONTAINERS) and not _is_torch_value(node):
             raise UnsupportedTypeError(
-                keystr(path), _type_name(node), "only dict, OrderedDict, list and tuple "
-                "containers are stored (subclasses such as namedtuple would come back "
-                "as a different type)"
+                keystr(path), _type_name(node), "only dict, OrderedDict, Counter, defaultdict, "
+                "list, tuple, set and frozenset containers are stored (subclasses such as "
+                "namedtuple would come back as a different type): convert it, e.g. with "
+                "dict(value) or tuple(value)"
             )
         leaves.append((path, node))
         return len(leaves) - 1
@@ -99,7 +110,7 @@ def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
         raise UnsupportedTypeError(keystr(path), _type_name(node), "the tree contains a cycle")
     active.add(id(node))
     try:
-        if tag in ("dict", "odict"):
+        if tag in MAPPING_TAGS:
             keys = list(node.keys())
             for key in keys:
                 if type(key) not in (str, int):
@@ -108,11 +119,45 @@ def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
                         "dict keys must be str or int",
                     )
             children = [_flatten(node[k], (*path, k), leaves, active) for k in keys]
-            return {"t": tag, "k": keys, "c": children}
-        children = [_flatten(v, (*path, i), leaves, active) for i, v in enumerate(node)]
+            out = {"t": tag, "k": keys, "c": children}
+            if tag == "ddict":
+                out["f"] = _factory_name(node.default_factory, path)
+            return out
+        items = _set_items(node) if tag in ("set", "fset") else node
+        children = [_flatten(v, (*path, i), leaves, active) for i, v in enumerate(items)]
         return {"t": tag, "c": children}
     finally:
         active.discard(id(node))
+
+
+_BUILTIN_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def state_dict_of(value: Any) -> Any:
+    """The state a stateful object is stored as (torch modules: canonical names)."""
+    if _is_torch_module(value):
+        from ckpt.integrations import torch as torch_adapter
+
+        return torch_adapter.module_state_dict(value)
+    return value.state_dict()
+
+
+def _factory_name(factory: Any, path: KeyPath) -> str:
+    name = _FACTORY_NAMES.get(id(factory))
+    if name is None:
+        raise UnsupportedTypeError(
+            keystr(path), f"defaultdict with default_factory {factory!r}",
+            "only builtin types (list, dict, int, ...) or None are stored as a factory, "
+            "because a factory is code: store dict(value) and rebuild the defaultdict")
+    return name
+
+
+def _set_items(node: set | frozenset) -> list:
+    # sorted when possible, so that equal sets give equal files
+    try:
+        return sorted(node)
+    except TypeError:
+        return list(node)
 
 
 def unflatten(treedef: Any, leaves: list[Any] | dict[int, Any]) -> Any:
@@ -120,11 +165,16 @@ def unflatten(treedef: Any, leaves: list[Any] | dict[int, Any]) -> Any:
     if isinstance(treedef, int):
         return leaves[treedef]
     tag, children = treedef["t"], treedef["c"]
-    if tag in ("dict", "odict"):
+    if tag in MAPPING_TAGS:
         pairs = [(k, unflatten(c, leaves)) for k, c in zip(treedef["k"], children)]
-        return OrderedDict(pairs) if tag == "odict" else dict(pairs)
+        if tag == "ddict":
+            return defaultdict(DEFAULT_FACTORIES[treedef["f"]], pairs)
+        return {"dict": dict, "odict": OrderedDict, "counter": Counter}[tag](pairs)
     items = [unflatten(c, leaves) for c in children]
-    return tuple(items) if tag == "tuple" else items
+    return _SEQUENCE_TYPES[tag](items)
+
+
+_SEQUENCE_TYPES = {"list": list, "tuple": tuple, "set": set, "fset": frozenset}
 
 
 def leaf_paths(treedef: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, int]]:
@@ -243,7 +293,11 @@ def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
         from ckpt.integrations import torch as torch_adapter
 
         return torch_adapter.encode_tensor(value, keystr(path))
-    raise UnsupportedTypeError(keystr(path), _type_name(value))
+    if _is_torch_value(value):
+        from ckpt.integrations import torch as torch_adapter
+
+        return torch_adapter.encode_value(value)
+    raise UnsupportedTypeError(keystr(path), _type_name(value), _hint(value))
 
 
 def decode_leaf(kind: str, array: np.ndarray, extra: dict, device: Any = None) -> Any:
@@ -275,12 +329,17 @@ def decode_leaf(kind: str, array: np.ndarray, extra: dict, device: Any = None) -
         from ckpt.integrations import torch as torch_adapter
 
         return torch_adapter.decode_tensor(array, extra, device)
+    if kind in TORCH_VALUE_KINDS:
+        from ckpt.integrations import torch as torch_adapter
+
+        return torch_adapter.decode_value(kind, array)
     raise ValueError(f"unknown leaf kind {kind!r}")
 
 
+TORCH_VALUE_KINDS = frozenset(["torch_size", "torch_dtype", "torch_device"])
 LEAF_KINDS = frozenset(
     ["ndarray", "npscalar", "bool", "int", "bigint", "float", "complex", "str", "bytes",
-     "none", "torch"]
+     "none", "torch", *TORCH_VALUE_KINDS]
 )
 
 
@@ -301,6 +360,26 @@ def _is_torch_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
+def _is_torch_value(value: Any) -> bool:
+    """torch.Size, torch.dtype and torch.device: values real state dicts hold."""
+    torch = sys.modules.get("torch")
+    return torch is not None and type(value) in (torch.Size, torch.dtype, torch.device)
+
+
+def _is_torch_module(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _hint(value: Any) -> str:
+    """What to do with a value ckpt cannot store."""
+    if callable(value):
+        return ("functions and other code are never stored (loading a checkpoint must not "
+                "run code): leave it out of the state and recreate it on restore")
+    return ("store its data as arrays, scalars, str or containers of them, or give it "
+            "state_dict()/load_state_dict() methods")
+
+
 def _type_name(value: Any) -> str:
     kind = type(value)
     if kind.__module__ == "builtins":
@@ -311,25 +390,55 @@ def _type_name(value: Any) -> str:
 def encode_tree(tree: Any) -> tuple[Any, list[tuple[KeyPath, str, np.ndarray, dict]]]:
     """Flatten ``tree`` and encode every leaf: ``(treedef, [(path, kind, array, extra)])``.
 
+    Tensors that share memory with another leaf (tied weights, views of one buffer)
+    are encoded as aliases of it (``extra["alias"]``): their bytes are stored once.
     Nothing is written before this succeeds, so a bad leaf never leaves a partial file.
     """
     treedef, leaves = flatten(tree)
-    return treedef, [(path, *encode_leaf(value, path)) for path, value in leaves]
+    aliases: dict[int, Any] = {}
+    if "torch" in sys.modules:
+        from ckpt.integrations import torch as torch_adapter
+
+        aliases = torch_adapter.find_aliases(leaves)
+    encoded = []
+    for number, (path, value) in enumerate(leaves):
+        if number in aliases:
+            encoded.append((path, *torch_adapter.encode_alias(value, keystr(path),
+                                                              aliases[number])))
+        else:
+            encoded.append((path, *encode_leaf(value, path)))
+    return treedef, encoded
 
 
 def decode_tree(treedef: Any, entries: list[dict], arrays: dict[int, np.ndarray],
-                device: Any = None, source: str = "") -> Any:
+                device: Any = None, source: str = "",
+                substitutes: dict[int, Any] | None = None) -> Any:
     """Rebuild the tree from the arrays of the leaves it holds (a whole or pruned treedef).
 
-    A leaf that cannot be rebuilt (damaged tags in a file from ``source``) raises
-    :class:`CorruptCheckpointError` naming the file and the key.
+    ``substitutes`` gives leaves already rebuilt (template objects their bytes were
+    read into). An alias leaf of a tensor comes back sharing the base tensor's
+    storage. A leaf that cannot be rebuilt (damaged tags in a file from ``source``)
+    raises :class:`CorruptCheckpointError` naming the file and the key.
     """
-    values = {}
-    for number, array in arrays.items():
+    values = dict(substitutes or {})
+    numbers = sorted(arrays, key=lambda n: "alias" in entries[n])  # bases first
+    for number in numbers:
+        if number in values:
+            continue
         entry = entries[number]
         try:
-            values[number] = decode_leaf(entry["kind"], array, entry.get("extra") or {}, device)
+            values[number] = _decode_entry(entry, arrays[number], values, device)
         except (ValueError, TypeError, RuntimeError, UnicodeDecodeError) as error:
             raise CorruptCheckpointError(source, f"cannot rebuild {entry['kind']} leaf "
                                          f"({error})", key=keystr(entry["path"])) from None
     return unflatten(treedef, values)
+
+
+def _decode_entry(entry: dict, array: np.ndarray, values: dict[int, Any], device: Any) -> Any:
+    extra = entry.get("extra") or {}
+    alias = entry.get("alias")
+    if alias is not None and _is_torch_tensor(values.get(alias["of"])):
+        from ckpt.integrations import torch as torch_adapter
+
+        return torch_adapter.decode_alias(values[alias["of"]], entry)
+    return decode_leaf(entry["kind"], array, extra, device)

@@ -125,7 +125,7 @@ def test_stateful_objects_are_stored_as_their_state_dict(tmp_path):
     (collections.namedtuple("P", "x y")(1, 2), "P"),
     (np.ma.masked_array([1, 2]), "MaskedArray"),
     ({1.5: 2}, "float"),
-    ({1}, "set"),
+    (collections.deque([1]), "deque"),
 ])
 def test_unsupported_values_are_refused_with_key_path_and_nothing_written(tmp_path, bad,
                                                                           type_name):

@@ -14,46 +14,29 @@ Refused, with :class:`~ckpt.errors.UnsupportedTypeError` naming the key path:
 sparse, quantized, nested and meta tensors, and tensor subclasses other than
 ``nn.Parameter`` (ckpt could not give them back as the same type).
 
-Tied tensors (two leaves sharing storage) are stored once each and come back as
-separate tensors; restoring into a module ties them again, because
-``load_state_dict`` copies into the module's own parameters.
+Tensors that share storage (tied weights such as GPT-2's embedding and ``lm_head``,
+views of one buffer) are stored once: one leaf holds the bytes, the others are
+*aliases* recording their offset and strides in it. A plain restore gives them back
+sharing storage again; restoring into a module keeps the module's own ties.
 
-Resuming a DataLoader exactly
------------------------------
-A sampler cannot tell what the training loop has consumed: a ``DataLoader`` with
-workers draws indices several batches ahead. :class:`ResumableSampler` therefore
-counts batches when :meth:`ResumableSampler.batches` hands them to the loop::
+Modules are stored under canonical parameter names: the state of
+``torch.compile(model)`` (keys ``_orig_mod.*``) and of a DDP or DataParallel wrapper
+(``module.*``) is the wrapped model's, so a checkpoint restores into the plain model
+or any wrapper of it, either way.
 
-    order = ckpt.DataOrder(len(dataset), batch_size=32, seed=0)
-    sampler = ResumableSampler(order)
-    loader = DataLoader(dataset, batch_size=32, sampler=sampler,
-                        generator=torch.Generator())
-    state = {"model": model, "optimizer": opt, "sampler": sampler, "rng": ckpt.RNGState()}
-    with ckpt.TrainingLoop(manager, state, total_steps=n) as loop:
-        batches = sampler.batches(loader)      # after the loop restored the sampler
-        for step in loop:
-            inputs, targets = next(batches)
-
-If you shuffle with a ``torch.Generator`` of your own (``RandomSampler(generator=g)``,
-``torch.randperm(n, generator=g)``), put ``ckpt.RNGState(g)`` in the state: it is
-restored in place. Note that ``RandomSampler`` draws a whole epoch's permutation
-when the epoch starts, so it cannot resume mid-epoch; that is what this sampler is for.
-Randomness inside dataset workers (augmentation) is reproducible across a resume
-only when it is derived from the sample index and epoch, not from worker seeds.
+Resuming a DataLoader exactly (mid-epoch, augmentation in workers included): see
+:mod:`ckpt.integrations.torch_data`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from ckpt.errors import UnsupportedTypeError
-from ckpt.sampler import DataOrder
-from ckpt.template import describe
+from ckpt.template import LeafSpec, describe
 
 __all__ = [
     "KIND",
@@ -63,6 +46,8 @@ __all__ = [
     "mismatch",
     "copy_into",
     "ResumableSampler",
+    "SeededDataset",
+    "sample_generator",
 ]
 
 KIND = "torch"
@@ -224,10 +209,9 @@ def mismatch(template: torch.Tensor, restored: Any) -> tuple[str, str, str] | No
         return ("device", "a tensor with storage (the template is on the meta device: "
                 "materialize it first, e.g. module.to_empty(device=...))",
                 str(restored.device))
-    if template.shape != restored.shape:
-        return ("shape", str(tuple(template.shape)), str(tuple(restored.shape)))
-    if template.dtype != restored.dtype:
-        return ("dtype", str(template.dtype), str(restored.dtype))
+    if template.shape != restored.shape or template.dtype != restored.dtype:
+        return ("shape or dtype", f"{tuple(template.shape)} {template.dtype}",
+                f"{tuple(restored.shape)} {restored.dtype}")
     return None
 
 
@@ -246,75 +230,274 @@ def copy_into(template: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
     return template
 
 
-# ----------------------------------------------------------------- sampler
+# ------------------------------------------------- torch.Size, dtype, device
+
+_VALUE_KINDS = {torch.Size: "torch_size", torch.dtype: "torch_dtype",
+                torch.device: "torch_device"}
 
 
-class ResumableSampler(Sampler[int]):
-    """A ``DataLoader`` sampler over a :class:`~ckpt.DataOrder` that resumes mid-epoch.
+def encode_value(value: Any) -> tuple[str, np.ndarray, dict]:
+    """Encode a ``torch.Size`` (its ints), ``torch.dtype`` or ``torch.device`` (its name)."""
+    kind = _VALUE_KINDS[type(value)]
+    if kind == "torch_size":
+        return kind, np.asarray(list(value), dtype="<i8").reshape(-1), {}
+    text = _dtype_name(value) if kind == "torch_dtype" else str(value)
+    return kind, np.frombuffer(text.encode("ascii"), dtype=np.uint8), {}
 
-    Each ``iter()`` yields the indices of the current epoch not consumed yet, or
-    starts the next epoch when this one is used up. Consumption is counted per
-    batch handed to the training loop by :meth:`batches` (or :meth:`consume`),
-    never per index the loader prefetched, so ``state_dict()`` (the order's
-    ``{seed, epoch, position}``) is exactly where an uninterrupted run would be.
-    """
 
-    def __init__(self, order: DataOrder) -> None:
-        super().__init__()
-        self.order = order
+def decode_value(kind: str, array: np.ndarray) -> Any:
+    """Rebuild what :func:`encode_value` stored; unknown names raise ``ValueError``."""
+    if kind == "torch_size":
+        return torch.Size(int(d) for d in array.reshape(-1))
+    text = array.tobytes().decode("ascii")
+    if kind == "torch_dtype":
+        dtype = getattr(torch, text, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown torch dtype {text[:50]!r}")
+        return dtype
+    try:
+        return torch.device(text)
+    except RuntimeError as error:
+        raise ValueError(f"invalid torch device {text[:50]!r}") from error
 
-    def _epoch_end(self) -> int:
-        return len(self.order)  # with drop_last, the last full batch's end
 
-    def __iter__(self) -> Iterator[int]:
-        if self.order.position >= self._epoch_end():
-            state = self.order.state_dict()
-            self.order.load_state_dict({**state, "epoch": state["epoch"] + 1, "position": 0})
-        rest = self.order.order()[self.order.position:self._epoch_end()]
-        return iter(rest.tolist())
+def value_type(kind: str) -> type:
+    """The Python type a torch value kind comes back as."""
+    return {v: k for k, v in _VALUE_KINDS.items()}[kind]
 
-    def __len__(self) -> int:
-        """How many indices the next ``iter()`` yields."""
-        remaining = self._epoch_end() - self.order.position
-        return remaining if remaining > 0 else self._epoch_end()
 
-    def consume(self, batches: int = 1) -> None:
-        """Count ``batches`` more batches as used by the training loop."""
-        stop = self.order.position + batches * self.order.batch_size
-        self.order.position = min(stop, self._epoch_end())
+# ------------------------------------------------------------ shared storage
 
-    def batches(self, loader: DataLoader) -> Iterator[Any]:
-        """Yield ``loader``'s batches epoch after epoch, for ever, counting each one.
 
-        A batch counts as consumed when it is handed out, so a checkpoint saved
-        after the step that used it resumes with the next one.
-        """
-        self._check_loader(loader)
-        while True:
-            for batch in loader:
-                self.consume()
-                yield batch
+def find_aliases(leaves: list[tuple[Any, Any]]) -> dict[int, tuple[int, int, list[int]]]:
+    """``{leaf number: (base leaf number, byte offset, byte strides)}`` for tensors
+    whose bytes lie inside another contiguous leaf tensor's (same storage)."""
+    groups: dict[tuple, list[int]] = {}
+    for number, (_, value) in enumerate(leaves):
+        if _aliasable(value):
+            key = (str(value.device), value.untyped_storage().data_ptr())
+            groups.setdefault(key, []).append(number)
+    aliases: dict[int, tuple[int, int, list[int]]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        # the largest contiguous tensors become the stored bases
+        order = sorted(members, key=lambda n: (not leaves[n][1].is_contiguous(),
+                                               -leaves[n][1].nbytes, n))
+        bases: list[int] = []
+        for number in order:
+            tensor = leaves[number][1]
+            for base in bases:
+                placed = _inside(tensor, leaves[base][1])
+                if placed is not None:
+                    aliases[number] = (base, *placed)
+                    break
+            else:
+                if tensor.is_contiguous():
+                    bases.append(number)
+    return aliases
 
-    def _check_loader(self, loader: DataLoader) -> None:
-        order = self.order
-        if loader.sampler is not self:
-            raise ValueError("the DataLoader must use this sampler: DataLoader(..., sampler=it)")
-        if loader.batch_size != order.batch_size or loader.drop_last != order.drop_last:
-            raise ValueError(
-                f"DataLoader(batch_size={loader.batch_size}, drop_last={loader.drop_last}) "
-                f"must match its DataOrder(batch_size={order.batch_size}, "
-                f"drop_last={order.drop_last}): batches are counted in the order's size")
-        if loader.generator is None:
-            raise ValueError(
-                "pass generator=torch.Generator() to the DataLoader: without one, every "
-                "iter(loader) draws a seed from torch's global RNG, and a resumed run "
-                "starts one more iteration than an uninterrupted run, which would shift "
-                "dropout and every other global random draw after the resume")
 
-    def state_dict(self) -> dict[str, Any]:
-        """The order's ``{"seed", "epoch", "position"}``, position = samples consumed."""
-        return self.order.state_dict()
+def _aliasable(value: Any) -> bool:
+    return (isinstance(value, torch.Tensor) and _why_unrepresentable(value) is None
+            and value.numel() > 0 and not value.is_conj() and not value.is_neg())
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
-        self.order.load_state_dict(state)
+
+def _inside(tensor: torch.Tensor, base: torch.Tensor) -> tuple[int, list[int]] | None:
+    """Where ``tensor``'s elements lie in ``base``'s bytes, or None if not all inside."""
+    width = tensor.element_size()
+    start = tensor.storage_offset() * width
+    strides = [s * width for s in tensor.stride()]
+    extent = sum((d - 1) * s for d, s in zip(tensor.shape, strides)) + width
+    base_start = base.storage_offset() * base.element_size()
+    if min(strides, default=0) < 0 or start < base_start:
+        return None
+    if start + extent > base_start + base.nbytes:
+        return None
+    return start - base_start, strides
+
+
+def encode_alias(tensor: torch.Tensor, key: str,
+                 alias: tuple[int, int, list[int]]) -> tuple[str, np.ndarray, dict]:
+    """Encode a tensor stored as a view of another leaf: no bytes of its own."""
+    _refuse_unrepresentable(tensor, key)
+    base, offset, strides = alias
+    storage = _NUMPY_DTYPES[_storage_dtype(tensor.dtype)]
+    # a zero-strided placeholder: the right dtype and shape, and no memory
+    placeholder = np.broadcast_to(np.zeros((), dtype=storage), tuple(tensor.shape))
+    extra: dict[str, Any] = {"dtype": _dtype_name(tensor.dtype),
+                             "alias": {"of": base, "offset": offset, "strides": strides}}
+    if tensor.requires_grad:
+        extra["requires_grad"] = True
+    if type(tensor) is torch.nn.Parameter:
+        extra["parameter"] = True
+    return KIND, placeholder, extra
+
+
+def decode_alias(base: torch.Tensor, entry: dict) -> torch.Tensor:
+    """The alias leaf ``entry`` as a view sharing ``base``'s storage."""
+    extra, alias = entry.get("extra") or {}, entry["alias"]
+    dtype = _DTYPES_BY_NAME.get(extra.get("dtype"))
+    if dtype is None:
+        raise ValueError(f"unknown torch dtype {extra.get('dtype')!r} in checkpoint")
+    width = dtype.itemsize
+    start = base.storage_offset() * base.element_size() + alias["offset"]
+    if start % width or any(s % width for s in alias["strides"]):
+        raise ValueError("alias offset or strides are not multiples of its element size")
+    view = torch.empty(0, dtype=dtype, device=base.device)
+    view.set_(base.detach().untyped_storage(), start // width, tuple(entry["shape"]),
+              tuple(s // width for s in alias["strides"]))
+    requires_grad = bool(extra.get("requires_grad", False))
+    if extra.get("parameter"):
+        return torch.nn.Parameter(view, requires_grad=requires_grad)
+    return view.requires_grad_(True) if requires_grad else view
+
+
+# ------------------------------------------------------------------ modules
+
+_COMPILED = "_orig_mod"  # torch.compile's OptimizedModule keeps the model here
+_WRAPPER_PREFIX = "module."
+
+
+def is_module(value: Any) -> bool:
+    """True for ``nn.Module`` instances (wrappers included)."""
+    return isinstance(value, torch.nn.Module)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``torch.compile``, DDP and DataParallel wrappers."""
+    while True:
+        if type(module).__name__ == "OptimizedModule" and hasattr(module, _COMPILED):
+            module = getattr(module, _COMPILED)
+        elif isinstance(module, (torch.nn.DataParallel,
+                                 torch.nn.parallel.DistributedDataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def canonical_key(key: str) -> str:
+    """A parameter name without the ``_orig_mod`` parts compiled submodules add."""
+    if _COMPILED not in key:
+        return key
+    return ".".join(part for part in key.split(".") if part != _COMPILED)
+
+
+def module_state_dict(module: torch.nn.Module) -> dict[str, Any]:
+    """The module's state dict under canonical names (what a checkpoint stores)."""
+    state = unwrap(module).state_dict()
+    if not any(_COMPILED in key for key in state):
+        return state
+    return type(state)((canonical_key(k), v) for k, v in state.items())
+
+
+def canonical_restored(restored: Any, template_state: dict) -> Any:
+    """Checkpoint keys made canonical, for files saved under wrapper names."""
+    keys = list(restored)
+    if not all(isinstance(k, str) for k in keys):
+        return restored
+    renamed = [canonical_key(k) for k in keys]
+    if (renamed and all(k.startswith(_WRAPPER_PREFIX) for k in renamed)
+            and not any(k.startswith(_WRAPPER_PREFIX) for k in template_state)):
+        renamed = [k[len(_WRAPPER_PREFIX):] for k in renamed]
+    if renamed == keys or len(set(renamed)) != len(renamed):
+        return restored
+    return type(restored)(zip(renamed, restored.values()))
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, Any]) -> None:
+    """``load_state_dict`` with canonical names mapped back to the module's own."""
+    inner = unwrap(module)
+    actual = {canonical_key(k): k for k in inner.state_dict(keep_vars=True)}
+    inner.load_state_dict(type(state)((actual.get(k, k), v) for k, v in state.items()))
+
+
+def prefix_hint(where: str, mismatches: list[tuple[str, str, str, str]]) -> str:
+    """Say so when every missing key differs from an unexpected one by one prefix."""
+    missing = [m[0] for m in mismatches if m[1] == "missing"]
+    unexpected = [m[0] for m in mismatches if m[1] == "unexpected"]
+    if not missing or len(missing) != len(unexpected):
+        return ""
+    base = f"{where}/" if where != "<root>" else ""
+    names_missing = sorted(k[len(base):].strip("'") for k in missing)
+    names_unexpected = sorted(k[len(base):].strip("'") for k in unexpected)
+    for longer, shorter, side in ((names_unexpected, names_missing, "checkpoint"),
+                                  (names_missing, names_unexpected, "template")):
+        prefix = _common_prefix(longer, shorter)
+        if prefix:
+            return (f"every key at {where} differs by the prefix {prefix!r}, which the "
+                    f"{side} has: the state was saved from (or is restored into) a "
+                    "wrapped model; save and restore the model itself, or strip the "
+                    "prefix from the keys")
+    return ""
+
+
+def _common_prefix(longer: list[str], shorter: list[str]) -> str:
+    first, other = longer[0], shorter[0]
+    if not first.endswith(other) or first == other:
+        return ""
+    prefix = first[:len(first) - len(other)]
+    if all(a == prefix + b for a, b in zip(longer, sorted(shorter))):
+        return prefix
+    return ""
+
+
+def structure_mismatches(obj: Any, state: Any, restored: Any) -> list[tuple[str, str, str]]:
+    """Differences an optimizer's ``load_state_dict`` would refuse after touching others:
+    the number of parameter groups and of parameters in each."""
+    if not isinstance(obj, torch.optim.Optimizer):
+        return []
+    saved, own = restored.get("param_groups"), state.get("param_groups")
+    if not isinstance(saved, (list, tuple)) or not isinstance(own, list):
+        return [("missing", "param_groups", "nothing in the checkpoint")]
+    if len(saved) != len(own):
+        return [("param_groups", f"{len(own)} parameter groups", f"{len(saved)}")]
+    problems = []
+    for number, (group, theirs) in enumerate(zip(own, saved)):
+        params = theirs.get("params") if isinstance(theirs, dict) else None
+        if not isinstance(params, (list, tuple)) or len(params) != len(group["params"]):
+            found = len(params) if isinstance(params, (list, tuple)) else describe(params)
+            problems.append((f"param_groups/{number}/params",
+                             f"{len(group['params'])} parameters", str(found)))
+    return problems
+
+
+# --------------------------------------------------------- restore planning
+
+
+def spec_mismatch(template: torch.Tensor, spec: LeafSpec) -> tuple[str, str, str] | None:
+    """Why the checkpoint leaf ``spec`` cannot fill ``template``, or None."""
+    if spec.kind != KIND:
+        return ("type", describe(template), describe(spec))
+    if template.is_meta:
+        return ("device", "a tensor with storage (the template is on the meta device: "
+                "materialize it first, e.g. module.to_empty(device=...))", "a stored tensor")
+    name = spec.extra.get("dtype")
+    shape_differs = tuple(template.shape) != spec.shape
+    dtype_differs = _dtype_name(template.dtype) != name
+    if shape_differs and dtype_differs:
+        return ("shape and dtype", f"{tuple(template.shape)} {template.dtype}",
+                f"{spec.shape} torch.{name}")
+    if shape_differs:
+        return ("shape", str(tuple(template.shape)), str(spec.shape))
+    if dtype_differs:
+        return ("dtype", str(template.dtype), f"torch.{name}")
+    return None
+
+
+def destination(template: torch.Tensor, spec: LeafSpec) -> np.ndarray | None:
+    """The template's own memory as an array the leaf can be read into, or None."""
+    if (template.device.type != "cpu" or not template.is_contiguous() or template.is_conj()
+            or template.is_neg() or template.numel() == 0 or spec.alias is not None
+            or (template.is_inference() and not torch.is_inference_mode_enabled())):
+        return None
+    array = template.detach().view(_storage_dtype(template.dtype)).numpy()
+    return array if array.dtype.str == spec.dtype.str else None
+
+
+# the DataLoader kit lives in its own module; these names stay importable from here
+from ckpt.integrations.torch_data import (  # noqa: E402
+    ResumableSampler,
+    SeededDataset,
+    sample_generator,
+)
