@@ -169,7 +169,9 @@ def unflatten(treedef: Any, leaves: list[Any] | dict[int, Any]) -> Any:
         pairs = [(k, unflatten(c, leaves)) for k, c in zip(treedef["k"], children)]
         if tag == "ddict":
             return defaultdict(DEFAULT_FACTORIES[treedef["f"]], pairs)
-        return {"dict": dict, "odict": OrderedDict, "counter": Counter}[tag](pairs)
+        if tag == "counter":
+            return Counter(dict(pairs))  # Counter(pairs) would count the pairs
+        return OrderedDict(pairs) if tag == "odict" else dict(pairs)
     items = [unflatten(c, leaves) for c in children]
     return _SEQUENCE_TYPES[tag](items)
 
