@@ -1,10 +1,12 @@
 """ckpt vs ``torch.save``/``torch.load`` on a full training state: model + AdamW.
 
-    python benchmarks/bench_torch.py                       # 100M parameters, ~1.2 GB
-    python benchmarks/bench_torch.py --params 10_000_000 --repeats 3 --cache cold
+    python benchmarks/bench_torch.py                  # GPT-2 124M (tied lm_head) + AdamW
+    python benchmarks/bench_torch.py --model mlp --params 10_000_000 --repeats 3
 
-The state is an 8-layer MLP with ``--params`` float32 parameters and AdamW's state
-for each (``step``, ``exp_avg``, ``exp_avg_sq``): 12 bytes per parameter. Pairs:
+The state is GPT-2 small (12 layers, width 768, vocabulary 50257, the output layer
+tied to the token embedding: 124.4M parameters, built in plain torch) or, with
+``--model mlp``, an 8-layer MLP with ``--params`` parameters; plus AdamW's state for
+each parameter (``step``, ``exp_avg``, ``exp_avg_sq``): 12 bytes per parameter. Pairs:
 
 * save:    ``CheckpointManager.save`` (commit protocol: file, manifest, renames, all
            fsync'd) vs ``torch.save`` to an open file, flushed and ``os.fsync``'d;
@@ -13,11 +15,13 @@ for each (``step``, ``exp_avg``, ``exp_avg_sq``): 12 bytes per parameter. Pairs:
 * restore: ``restore(into=state)`` vs ``torch.load`` + ``load_state_dict`` on the
            model and the optimizer: a live training state put back.
 
-Every variant runs in a fresh subprocess. Its peak memory is the peak RSS while it
-runs minus the RSS before it starts (after the state is built): on Linux the peak
-is reset through ``/proc/self/clear_refs`` first, elsewhere ``ru_maxrss`` is used.
-Times are medians over ``--repeats``; loads read a warm page cache unless
-``--cache cold``, which evicts the files (``posix_fadvise``) before each read.
+Every run of a variant is a fresh subprocess; the variants run ``--repeats`` rounds
+in rotating order (saves first, so that the loads read what they wrote), because
+this VM's lazily backed memory makes single runs noisy; medians are reported. Peak
+memory is the peak RSS while it runs minus the RSS before it starts (after the state
+is built): on Linux the peak is reset through ``/proc/self/clear_refs`` first,
+elsewhere ``ru_maxrss`` is used. Loads read a warm page cache unless ``--cache
+cold``, which evicts the files (``posix_fadvise``) before each read.
 """
 
 from __future__ import annotations
@@ -85,7 +89,38 @@ def peak_rss() -> int:
 # ------------------------------------------------------------------- state
 
 
-def build_state(params: int) -> dict[str, Any]:
+GPT2 = {"layers": 12, "width": 768, "vocab": 50257, "positions": 1024}
+
+
+def build_gpt2() -> Any:
+    """GPT-2 small's parameters (as Hugging Face names them), ``lm_head`` tied to ``wte``."""
+    import torch
+    from torch import nn
+
+    width = GPT2["width"]
+
+    def block() -> nn.Module:
+        layer = nn.Module()
+        layer.ln_1, layer.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        layer.attn, layer.mlp = nn.Module(), nn.Module()
+        layer.attn.c_attn = nn.Linear(width, 3 * width)
+        layer.attn.c_proj = nn.Linear(width, width)
+        layer.mlp.c_fc = nn.Linear(width, 4 * width)
+        layer.mlp.c_proj = nn.Linear(4 * width, width)
+        return layer
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.wte = nn.Embedding(GPT2["vocab"], width)
+    model.wpe = nn.Embedding(GPT2["positions"], width)
+    model.h = nn.ModuleList(block() for _ in range(GPT2["layers"]))
+    model.ln_f = nn.LayerNorm(width)
+    model.lm_head = nn.Linear(width, GPT2["vocab"], bias=False)
+    model.lm_head.weight = model.wte.weight
+    return model
+
+
+def build_state(params: int, kind: str = "gpt2") -> dict[str, Any]:
     """An MLP with ~``params`` float32 parameters and a populated AdamW state.
 
     The optimizer state is filled as AdamW's first step would, with random values
@@ -93,9 +128,12 @@ def build_state(params: int) -> dict[str, Any]:
     """
     import torch
 
-    width = max(1, round(math.sqrt(params / LAYERS)))
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(LAYERS)])
+    if kind == "gpt2":
+        model = build_gpt2()
+    else:
+        width = max(1, round(math.sqrt(params / LAYERS)))
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(LAYERS)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for param in model.parameters():
         optimizer.state[param] = {"step": torch.tensor(1.0),
@@ -189,7 +227,8 @@ def evict_from_page_cache(paths: list[Path]) -> None:
 # ------------------------------------------------------------------ worker
 
 
-def run_worker(variant: str, directory: Path, params: int, repeats: int, cold: bool) -> dict:
+def run_worker(variant: str, directory: Path, params: int, repeats: int, cold: bool,
+               kind: str = "gpt2") -> dict:
     """Time one variant ``repeats`` times in this (fresh) process; report time and memory."""
     import torch
 
@@ -198,7 +237,7 @@ def run_worker(variant: str, directory: Path, params: int, repeats: int, cold: b
     torch.set_num_threads(os.cpu_count() or 1)
     operation = VARIANTS[variant]
     needs_state = variant.endswith(("_save", "_restore"))
-    state = build_state(params) if needs_state else None
+    state = build_state(params, kind) if needs_state else None
     reset_peak_rss()
     baseline = current_rss()
     seconds = []
@@ -213,14 +252,20 @@ def run_worker(variant: str, directory: Path, params: int, repeats: int, cold: b
         del result
     peak_extra = peak_rss() - baseline
     nbytes = sum(p.stat().st_size for p in data_files(directory, variant))
-    return {"seconds": seconds, "peak_extra": peak_extra, "nbytes": nbytes,
-            "baseline": baseline}
+    state_bytes = 0
+    if state is not None:
+        tensors = {t.data_ptr(): t.nbytes for t in state["model"].state_dict().values()}
+        for slots in state["optimizer"].state.values():
+            tensors.update((t.data_ptr(), t.nbytes) for t in slots.values())
+        state_bytes = sum(tensors.values())
+    return {"seconds": seconds, "peak_extra": [peak_extra], "nbytes": nbytes,
+            "baseline": baseline, "state_bytes": state_bytes}
 
 
 def spawn_worker(variant: str, args: argparse.Namespace, directory: Path) -> dict:
     command = [sys.executable, __file__, "--worker", variant, "--dir", str(directory),
-               "--params", str(args.params), "--repeats", str(args.repeats),
-               "--cache", args.cache]
+               "--params", str(args.params), "--repeats", "1", "--cache", args.cache,
+               "--model", args.model]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{result.stderr}")
@@ -230,25 +275,26 @@ def spawn_worker(variant: str, args: argparse.Namespace, directory: Path) -> dic
 # ------------------------------------------------------------------- table
 
 
-def format_table(results: dict[str, dict], params: int) -> str:
+def format_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     gib = 1024**3
-    state_bytes = results["ckpt_save"]["nbytes"]
-    lines = [f"state: {params / 1e6:.1f}M parameters + AdamW, "
-             f"ckpt files {state_bytes / gib:.2f} GiB, "
+    state_bytes = max(r["state_bytes"] for r in results.values())
+    what = ("GPT-2 124M (tied)" if args.model == "gpt2"
+            else f"MLP {args.params / 1e6:.1f}M parameters")
+    lines = [f"state: {what} + AdamW, {state_bytes / gib:.2f} GiB in memory, "
+             f"ckpt files {results['ckpt_save']['nbytes'] / gib:.2f} GiB, "
              f"torch file {results['torch_save']['nbytes'] / gib:.2f} GiB",
              f"{'operation':<9} {'library':<6} {'median s':>9} {'min s':>7} {'GB/s':>6} "
-             f"{'peak extra MiB':>15} {'time/torch':>11} {'mem/torch':>10}"]
+             f"{'peak extra MiB':>15} {'extra/state':>12} {'time/torch':>11}"]
     for pair, (torch_variant, ckpt_variant) in PAIRS.items():
         base = results[torch_variant]
         for library, variant in (("torch", torch_variant), ("ckpt", ckpt_variant)):
             entry = results[variant]
             median = statistics.median(entry["seconds"])
             ratio = median / statistics.median(base["seconds"])
-            mem = entry["peak_extra"] / 2**20
-            mem_ratio = entry["peak_extra"] / base["peak_extra"] if base["peak_extra"] else math.nan
+            extra = statistics.median(entry["peak_extra"])
             lines.append(f"{pair:<9} {library:<6} {median:>9.3f} {min(entry['seconds']):>7.3f} "
-                         f"{entry['nbytes'] / median / 1e9:>6.2f} {mem:>15.1f} "
-                         f"{ratio:>10.2f}x {mem_ratio:>9.2f}x")
+                         f"{entry['nbytes'] / median / 1e9:>6.2f} {extra / 2**20:>15.1f} "
+                         f"{extra / state_bytes:>11.1%} {ratio:>10.2f}x")
     return "\n".join(lines)
 
 
@@ -256,7 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=lambda s: int(s.replace("_", "")),
                         default=100_000_000, help="model parameters (default 100M)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", choices=("gpt2", "mlp"), default="gpt2",
+                        help="GPT-2 124M with a tied lm_head, or an MLP of --params")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds over all variants, in rotating order")
     parser.add_argument("--cache", choices=("warm", "cold"), default="warm",
                         help="page cache state for loads (cold: files evicted first)")
     parser.add_argument("--dir", help="scratch directory (default: a new one in /tmp)")
@@ -268,22 +317,36 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
         report = run_worker(args.worker, Path(args.dir), args.params, args.repeats,
-                            args.cache == "cold")
+                            args.cache == "cold", args.model)
         print(json.dumps(report))
         return
     directory = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir))
     try:
-        results = {}
-        # saves first: the loads read what the last save of each library wrote
-        for variant in ("torch_save", "ckpt_save", "torch_load", "ckpt_load",
-                        "torch_restore", "ckpt_restore"):
-            results[variant] = spawn_worker(variant, args, directory)
-            print(f"  {variant}: {[round(s, 3) for s in results[variant]['seconds']]} s",
-                  file=sys.stderr, flush=True)
-        print(f"cache: {args.cache}, repeats: {args.repeats}, cpus: {os.cpu_count()}")
-        print(format_table(results, args.params))
+        results: dict[str, dict] = {}
+        saves = ["torch_save", "ckpt_save"]
+        reads = ["torch_load", "ckpt_load", "torch_restore", "ckpt_restore"]
+        for round_number in range(args.repeats):
+            # rotate, so that no variant always runs first (or after the same one)
+            for group in (saves, reads):
+                shift = round_number % len(group)
+                for variant in group[shift:] + group[:shift]:
+                    _merge(results, variant, spawn_worker(variant, args, directory))
+            print(f"  round {round_number + 1}: " + ", ".join(
+                f"{v} {results[v]['seconds'][-1]:.3f}" for v in saves + reads),
+                file=sys.stderr, flush=True)
+        print(f"cache: {args.cache}, rounds: {args.repeats}, cpus: {os.cpu_count()}")
+        print(format_table(results, args))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _merge(results: dict[str, dict], variant: str, report: dict) -> None:
+    if variant not in results:
+        results[variant] = report
+        return
+    results[variant]["seconds"] += report["seconds"]
+    results[variant]["peak_extra"] += report["peak_extra"]
+    results[variant]["nbytes"] = report["nbytes"]
 
 
 if __name__ == "__main__":
