@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import mmap
 import os
 import re
 import stat
@@ -452,7 +454,7 @@ def _read_leaf(fd: int, entry: dict, pack_data: dict, target: np.ndarray | None,
                path: str, verify: bool, bar: Any) -> np.ndarray:
     """One stored leaf, read into ``target`` when given (else into fresh memory)."""
     dtype = np.dtype(entry["dtype"])
-    array = target if target is not None else np.empty(entry["shape"], dtype=dtype)
+    array = target if target is not None else fresh_array(entry["shape"], dtype)
     if "pack" in entry:
         start = entry["pack_offset"]
         raw = pack_data[entry["pack"]][start:start + entry["nbytes"]]
@@ -463,6 +465,23 @@ def _read_leaf(fd: int, entry: dict, pack_data: dict, target: np.ndarray | None,
             raise CorruptCheckpointError(path, "checksum mismatch", key=keystr(entry["path"]))
     _check_content(entry, array, path)
     return array
+
+
+FRESH_MMAP_THRESHOLD = 1024 * 1024
+
+
+def fresh_array(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized array; large ones in their own anonymous mapping.
+
+    Why: memory from malloc (numpy's allocator) is first touched 2-6x slower on
+    lazily backed VMs than a fresh anonymous mapping, which the kernel aligns for
+    huge pages: reading 1.4 GiB into malloc'd arrays took 1.7-5.5 s here, into
+    mappings 0.7-0.9 s. The array owns the mapping; it is unmapped with the array.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < FRESH_MMAP_THRESHOLD:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
 
 
 def _alias_view(entry: dict, base: np.ndarray) -> np.ndarray:
