@@ -123,7 +123,7 @@ def _skip_reason(entry: dict, fmt: str) -> str | None:
         return "None has no array form"
     if kind == "bigint":
         return "int does not fit in int64"
-    if kind == "torch" and bits_only(entry):
+    if kind in ("torch", "jax") and bits_only(entry):
         return f"numpy has no {leaf_dtype(entry)}"
     if fmt == "safetensors" and dtype.newbyteorder("=") not in _SAFETENSORS_DTYPES:
         return f"safetensors cannot hold dtype {dtype.name}"

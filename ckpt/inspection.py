@@ -60,7 +60,9 @@ __all__ = [
 ]
 
 # kinds whose dtype and shape are the user's (the others are Python scalars, str, bytes)
-_ARRAY_KINDS = ("ndarray", "npscalar", "torch")
+_ARRAY_KINDS = ("ndarray", "npscalar", "torch", "jax")
+# kinds whose own dtype name (bfloat16, ...) is in extra["dtype"] when numpy lacks it
+_FRAMEWORK_KINDS = ("torch", "jax")
 
 
 @dataclass(frozen=True)
@@ -350,15 +352,15 @@ def leaf_dtype(entry: dict) -> str | None:
     """The dtype a user sees (a torch leaf's own dtype name); None for non-array leaves."""
     if entry["kind"] not in _ARRAY_KINDS:
         return None
-    torch_dtype = (entry.get("extra") or {}).get("dtype")
-    if entry["kind"] == "torch" and isinstance(torch_dtype, str):
-        return torch_dtype.removeprefix("torch.")
+    own_dtype = (entry.get("extra") or {}).get("dtype")
+    if entry["kind"] in _FRAMEWORK_KINDS and isinstance(own_dtype, str):
+        return own_dtype.removeprefix("torch.")
     return np.dtype(entry["dtype"]).name
 
 
 def bits_only(entry: dict) -> bool:
-    """True for a torch leaf stored as the bits of a dtype numpy lacks (bfloat16, float8)."""
-    if entry["kind"] != "torch":
+    """True for a torch/jax leaf stored as the bits of a dtype numpy lacks (bfloat16)."""
+    if entry["kind"] not in _FRAMEWORK_KINDS:
         return False
     try:
         return np.dtype(leaf_dtype(entry)) != np.dtype(entry["dtype"]).newbyteorder("=")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ckpt import _adapters
 from ckpt._types import KeyPath, is_stateful
 from ckpt.tree import keystr
 
@@ -44,13 +45,15 @@ def fill(template: Any, restored: Any, *, apply: bool, path: KeyPath = (),
     """
     if mismatches is None:
         mismatches = []
-    if is_stateful(template) and not isinstance(template, _CONTAINERS):
-        state = template.state_dict()
+    # a keras.Model, an nnx.State, ...: restored through a stateful stand-in
+    target = _adapters.stateful_view(template) or template
+    if is_stateful(target) and not isinstance(target, _CONTAINERS):
+        state = target.state_dict()
         # with strict=False the object gets its own state with the matching parts
         # restored, which is what "restore what matches" means for it
         merged = fill(state, restored, apply=apply, path=path, mismatches=mismatches)
         if apply:
-            template.load_state_dict(merged)
+            target.load_state_dict(merged)
         return template
     if isinstance(template, dict):
         return _fill_dict(template, restored, apply, path, mismatches)
@@ -98,7 +101,10 @@ def _fill_sequence(template: list | tuple, restored: Any, apply: bool, path: Key
     for i in range(len(template), len(restored)):
         mismatches.append((keystr((*path, i)), "unexpected", "nothing in the template",
                            describe(restored[i])))
-    return type(template)(out) if apply else template
+    if not apply:
+        return template
+    # a NamedTuple (an optax state) is stored as a tuple and rebuilt from its fields
+    return type(template)(*out) if hasattr(template, "_fields") else type(template)(out)
 
 
 def _fill_leaf(template: Any, restored: Any, apply: bool, path: KeyPath,
@@ -139,4 +145,4 @@ def _tensor_adapter(value: Any) -> Any:
         from ckpt.integrations import torch as torch_adapter
 
         return torch_adapter
-    return None
+    return _adapters.array_adapter(value)  # jax.Array
