@@ -120,9 +120,39 @@ def check_variables_metrics_optimizer_leaves(directory: Path) -> None:
     assert len(plain["opt"]["slots"]) == len(model.trainable_variables)
 
 
+def check_export_to_keras_formats_and_read_keras_archives(directory: Path) -> None:
+    from ckpt.export import export_step
+    from ckpt.inspection import describe
+    from ckpt.integrations.keras import BackupAndRestore
+
+    x, y = data()
+    model = seed_model()
+    backup = BackupAndRestore(ckpt.CheckpointManager(directory / "run", save_every=3))
+    model.fit(backup.dataset(x, y, batch_size=64), epochs=1, callbacks=[backup], verbose=0)
+    export_step(directory / "run", 4, directory / "out.weights.h5")
+    export_step(directory / "run", 4, directory / "out.keras")
+    weights_only = seed_model()
+    weights_only.load_weights(directory / "out.weights.h5")  # Keras' own loader
+    # (Keras' files hold weights, not seed-generator states: compare model.weights)
+    assert numpy_of(weights_only.weights) == numpy_of(model.weights)
+    whole = keras.saving.load_model(directory / "out.keras")
+    assert numpy_of(whole.weights) == numpy_of(model.weights)
+    assert numpy_of(whole.optimizer.variables) == numpy_of(model.optimizer.variables)
+    tree = ckpt.load(directory / "out.keras")
+    assert tree["config"]["class_name"] == "Functional"
+    kernel = tree["weights"]["layers"]["dense"]["vars"]["0"]
+    assert kernel.tobytes() == keras.ops.convert_to_numpy(model.layers[1].kernel).tobytes()
+    assert list(ckpt.load(directory / "out.keras", keys=[("config", "class_name")])) == [
+        "config"]
+    shown = describe(directory / "out.keras")
+    assert shown.format == "keras" and any(r.key == "weights/layers/dense/vars/0"
+                                           for r in shown.leaves)
+
+
 CHECKS = [check_fresh_model_restore_and_stable_paths, check_mismatch_names_the_key,
           check_save_model_load_model, check_architecture_only_json_yaml,
-          check_variables_metrics_optimizer_leaves]
+          check_variables_metrics_optimizer_leaves,
+          check_export_to_keras_formats_and_read_keras_archives]
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
