@@ -37,7 +37,7 @@ def interrupt(directory, rng: random.Random, signum: int) -> str:
         lines.append(line)
         if line.startswith("start "):
             break
-    time.sleep(rng.uniform(0.2, 1.5))
+    time.sleep(rng.uniform(0.1, 1.0))
     process.send_signal(signum)
     out, err = process.communicate(timeout=TIMEOUT)
     expected = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)

@@ -18,7 +18,7 @@ import ckpt
 from tests.conftest import ROOT, assert_tree_equal, rounds
 
 EXAMPLE = ROOT / "examples" / "keras_fit.py"
-EPOCHS = 3  # 64 batches each; saves every 5 batches land mid-epoch
+EPOCHS = 8  # 64 batches each (fit lasts seconds); saves every 5 land mid-epoch
 TIMEOUT = 240
 # tensorflow is opt-in (not installed by the test extra): CKPT_KERAS_TF=1
 BACKENDS = ["torch", "jax"] + (["tensorflow"] if os.environ.get("CKPT_KERAS_TF") else [])
@@ -42,7 +42,7 @@ def interrupted_run(directory, backend: str, rng: random.Random, signum: int) ->
         lines.append(line)
         if line.startswith("start "):
             break
-    time.sleep(rng.uniform(0.3, 2.0))
+    time.sleep(rng.uniform(0.1, 1.0))
     process.send_signal(signum)
     out, err = process.communicate(timeout=TIMEOUT)
     allowed = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)
