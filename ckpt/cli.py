@@ -251,14 +251,14 @@ def _run_show(args: argparse.Namespace) -> int:
     print(_description_title(found))
     if found.metrics:
         print(f"metrics: {_metrics_text(found.metrics)}")
-    for line in _metadata_lines(found.metadata, "attributes" if found.format == "hdf5"
+    for line in _metadata_lines(found.metadata, "attributes" if found.format in ("hdf5", "keras")
                                 else "metadata"):
         print(line)
     _table(("KEY", "TYPE", "DTYPE", "SHAPE", "SIZE"),
            [(leaf.key, leaf.kind, leaf.dtype or "-", _shape_text(leaf.shape),
              human_size(leaf.nbytes)) for leaf in found.leaves], right={4})
     total = sum(leaf.nbytes for leaf in found.leaves)
-    noun = ("dataset", None) if found.format == "hdf5" else ("leaf", "leaves")
+    noun = ("dataset", None) if found.format in ("hdf5", "keras") else ("leaf", "leaves")
     print(f"{_plural(len(found.leaves), *noun)}, {human_size(total)} of data")
     return EXIT_OK
 
@@ -267,7 +267,8 @@ def _description_title(found: inspection.Description) -> str:
     size = human_size(found.nbytes)
     if found.format == "ckpt-step":
         return f"step {found.step} in {found.source} (saved {local_time(found.time)}, {size})"
-    kind = "ckpt file" if found.format == "ckpt-file" else "plain HDF5 file"
+    kind = {"ckpt-file": "ckpt file", "keras": "Keras archive"}.get(found.format,
+                                                                    "plain HDF5 file")
     return f"{found.source} ({kind}, {size})"
 
 
@@ -410,18 +411,21 @@ def _diff_detail(diff: inspection.LeafDiff) -> str:
 
 def _add_export(commands: Any) -> None:
     parser = commands.add_parser(
-        "export", help="write one step to .npz or .safetensors",
+        "export", help="write one step to .npz, .safetensors, .weights.h5 or .keras",
         description="Write the leaves of STEP to OUT, one array per leaf named by its key "
                     "path joined with '/' (int keys in decimal). The format follows OUT's "
-                    "extension: .npz (numpy, never pickled) or .safetensors (needs the "
-                    "safetensors package).",
+                    "extension: .npz (numpy, never pickled), .safetensors (needs the "
+                    "safetensors package), or Keras' .weights.h5 and .keras (need keras and "
+                    "a checkpoint holding a Keras model's config, as BackupAndRestore "
+                    "writes).",
         epilog="Python int/float/bool/complex leaves become 0-d arrays; str and bytes "
                "become uint8 arrays of their (UTF-8) bytes. None, ints beyond int64, torch "
                "dtypes numpy lacks (bfloat16) and, for .safetensors, dtypes it cannot hold "
                "(complex, datetime, strings) are skipped with a note.")
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory")
     parser.add_argument("step", metavar="STEP", type=_non_negative, help="step to export")
-    parser.add_argument("out", metavar="OUT", help="output file: .npz or .safetensors")
+    parser.add_argument("out", metavar="OUT",
+                        help="output file: .npz, .safetensors, .weights.h5 or .keras")
     parser.set_defaults(run=_run_export)
 
 

@@ -1,4 +1,7 @@
-"""Export one checkpoint step to ``.npz`` or ``.safetensors`` for other tools.
+"""Export one checkpoint step to ``.npz``, ``.safetensors`` or Keras' own formats.
+
+``OUT.weights.h5`` and ``OUT.keras`` need a checkpoint that holds a Keras model's
+config (see :mod:`ckpt.integrations._keras_export`); they are written by Keras.
 
 Each leaf becomes one array named by its key path joined with ``/`` (int keys as
 decimal, the root of a single-leaf state as ``<root>``). What becomes what:
@@ -35,7 +38,8 @@ from ckpt.tree import keystr, leaf_paths
 
 __all__ = ["ExportResult", "FORMATS", "export_format", "export_step"]
 
-FORMATS = {".npz": "npz", ".safetensors": "safetensors"}
+FORMATS = {".npz": "npz", ".safetensors": "safetensors", ".weights.h5": "weights.h5",
+           ".keras": "keras"}
 _SAFETENSORS_DTYPES = frozenset(
     np.dtype(name) for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
                                 "uint32", "uint64", "float16", "float32", "float64"))
@@ -54,7 +58,8 @@ class ExportResult:
 
 def export_format(out: str | os.PathLike[str]) -> str:
     """``"npz"`` or ``"safetensors"`` from ``out``'s extension; ``CheckpointError`` otherwise."""
-    suffix = Path(out).suffix.lower()
+    name = Path(out).name.lower()
+    suffix = ".weights.h5" if name.endswith(".weights.h5") else Path(out).suffix.lower()
     if suffix not in FORMATS:
         raise CheckpointError(f"unknown export format {suffix or '(no extension)'!r} for "
                               f"{out} (use {' or '.join(FORMATS)})")
@@ -68,6 +73,11 @@ def export_step(directory: str | os.PathLike[str], step: int,
     out = Path(out)
     if not out.parent.is_dir():
         raise CheckpointError(f"cannot write {out}: directory {out.parent} does not exist")
+    if fmt in ("weights.h5", "keras"):
+        from ckpt.integrations._keras_export import export_keras
+
+        arrays, nbytes = export_keras(checkpoint_dir(directory), step, out, fmt)
+        return ExportResult(str(out), fmt, arrays, nbytes, [])
     save_file = _safetensors_saver() if fmt == "safetensors" else None
     data_path, index, record = open_step(checkpoint_dir(directory), step)
     names, notes = _plan(index, fmt)
@@ -123,7 +133,7 @@ def _skip_reason(entry: dict, fmt: str) -> str | None:
         return "None has no array form"
     if kind == "bigint":
         return "int does not fit in int64"
-    if kind == "torch" and bits_only(entry):
+    if kind in ("torch", "jax") and bits_only(entry):
         return f"numpy has no {leaf_dtype(entry)}"
     if fmt == "safetensors" and dtype.newbyteorder("=") not in _SAFETENSORS_DTYPES:
         return f"safetensors cannot hold dtype {dtype.name}"

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ckpt import fsutil, h5format, manifest
+from ckpt import fsutil, h5format, keras_archive, manifest
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -64,10 +64,32 @@ def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
     """
     path = os.fspath(path)
     _check_file(path)
+    if keras_archive.is_keras_archive(path):
+        return _load_keras_archive(path, keys)
     if not h5format.is_ckpt_file(path):
         return _load_foreign(path, keys)
     return h5format.read_tree(path, h5format.read_header_index(path), keys=keys,
                               verify=verify, device=device, progress=progress)
+
+
+def _load_keras_archive(path: str, keys: Any) -> dict[str, Any]:
+    """A ``.keras`` archive: ``{"config", "metadata", "weights"}`` (weights as nested dicts)."""
+    tree: dict[str, Any] = keras_archive.read_json_members(path)
+    with keras_archive.weights_file(path) as weights:
+        if weights is not None:
+            tree["weights"] = _load_foreign(weights, None)
+    if keys is None:
+        return tree
+    out: dict[str, Any] = {}
+    for key_path in normalize_keys(keys):
+        node, target = tree, out
+        for depth, key in enumerate(key_path):
+            if not isinstance(node, dict) or key not in node:
+                h5format.raise_missing_keys(path, [key_path])
+            node = node[key]
+            target = target.setdefault(key, {}) if depth < len(key_path) - 1 else target
+        target[key_path[-1]] = node
+    return out
 
 
 def load_metadata(path: str | os.PathLike[str]) -> Any:

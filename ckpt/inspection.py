@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ckpt import fsutil, h5format, manifest
+from ckpt import fsutil, h5format, keras_archive, manifest
 from ckpt import index as index_check
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
@@ -60,7 +60,9 @@ __all__ = [
 ]
 
 # kinds whose dtype and shape are the user's (the others are Python scalars, str, bytes)
-_ARRAY_KINDS = ("ndarray", "npscalar", "torch")
+_ARRAY_KINDS = ("ndarray", "npscalar", "torch", "jax")
+# kinds whose own dtype name (bfloat16, ...) is in extra["dtype"] when numpy lacks it
+_FRAMEWORK_KINDS = ("torch", "jax")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Description:
     """What ``ckpt show`` shows: where it came from, its leaves and its metadata."""
 
     source: str
-    format: str  # "ckpt-step", "ckpt-file" or "hdf5"
+    format: str  # "ckpt-step", "ckpt-file", "hdf5" or "keras" (a .keras archive)
     leaves: list[LeafRow]
     nbytes: int
     step: int | None = None
@@ -322,6 +324,8 @@ def describe_file(path: str | os.PathLike[str]) -> Description:
         index = h5format.read_header_index(path)
         return Description(source=path, format="ckpt-file", leaves=_leaf_rows(index),
                            nbytes=size, metadata=index.get("metadata"))
+    if keras_archive.is_keras_archive(path):
+        return _describe_keras_archive(path, size)
     if not h5py.is_hdf5(path):
         raise CheckpointError(f"{path} is not an HDF5 file")
     try:
@@ -332,6 +336,26 @@ def describe_file(path: str | os.PathLike[str]) -> Description:
         raise CorruptCheckpointError(path, f"unreadable HDF5 file ({error})") from None
     return Description(source=path, format="hdf5", leaves=rows, nbytes=size,
                        metadata=attributes or None)
+
+
+def _describe_keras_archive(path: str, size: int) -> Description:
+    """The datasets of a ``.keras`` archive's weights file, under ``weights/``."""
+    members = keras_archive.read_json_members(path)
+    rows: list[LeafRow] = []
+    with keras_archive.weights_file(path) as weights:
+        if weights is not None:
+            try:
+                with h5py.File(weights, "r") as file:
+                    rows = [LeafRow(f"weights/{row.key}", ("weights", *row.path), row.kind,
+                                    row.dtype, row.shape, row.nbytes)
+                            for row in _dataset_rows(file)]
+            except OSError as error:
+                raise CorruptCheckpointError(path, f"unreadable weights ({error})") from None
+    config = members.get("config") or {}
+    metadata = {"class_name": config.get("class_name") if isinstance(config, dict) else None,
+                **(members.get("metadata") or {})}
+    return Description(source=path, format="keras", leaves=rows, nbytes=size,
+                       metadata=metadata)
 
 
 def _leaf_rows(index: dict) -> list[LeafRow]:
@@ -350,15 +374,15 @@ def leaf_dtype(entry: dict) -> str | None:
     """The dtype a user sees (a torch leaf's own dtype name); None for non-array leaves."""
     if entry["kind"] not in _ARRAY_KINDS:
         return None
-    torch_dtype = (entry.get("extra") or {}).get("dtype")
-    if entry["kind"] == "torch" and isinstance(torch_dtype, str):
-        return torch_dtype.removeprefix("torch.")
+    own_dtype = (entry.get("extra") or {}).get("dtype")
+    if entry["kind"] in _FRAMEWORK_KINDS and isinstance(own_dtype, str):
+        return own_dtype.removeprefix("torch.")
     return np.dtype(entry["dtype"]).name
 
 
 def bits_only(entry: dict) -> bool:
-    """True for a torch leaf stored as the bits of a dtype numpy lacks (bfloat16, float8)."""
-    if entry["kind"] != "torch":
+    """True for a torch/jax leaf stored as the bits of a dtype numpy lacks (bfloat16)."""
+    if entry["kind"] not in _FRAMEWORK_KINDS:
         return False
     try:
         return np.dtype(leaf_dtype(entry)) != np.dtype(entry["dtype"]).newbyteorder("=")

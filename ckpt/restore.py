@@ -54,6 +54,10 @@ def restore_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: b
     for path, part, _ in pairs:
         filled = template.apply(part, _walk(restored, path, where), plan, path)
         result = _assign(result, path, filled)
+    if plan.late and strict:
+        # differences only the values show (a framework array's dtype): the parts
+        # that matched are restored, these kept the template's value
+        raise StateMismatchError(where, plan.late)
     return result
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ckpt import _adapters
 from ckpt._types import KeyPath, is_stateful
 from ckpt.tree import keystr
 
@@ -92,6 +93,8 @@ class Plan:
         self.destinations: dict[int, np.ndarray] = {}
         self.targets: dict[int, Any] = {}  # leaf number -> the template object it fills
         self.states: dict[int, Any] = {}  # id(stateful object) -> its state dict
+        self.views: dict[int, Any] = {}  # id(framework object) -> its stateful stand-in
+        self.late: list[tuple[str, str, str, str]] = []  # found only with the values
 
 
 def plan(template: Any, specs: Any, result: Plan, path: KeyPath = ()) -> None:
@@ -104,7 +107,10 @@ def apply(template: Any, restored: Any, result: Plan, path: KeyPath = ()) -> Any
 
     Parts that do not match (``strict=False``) keep the template's value.
     """
-    return _Walk(result, planning=False).fill(template, restored, path, lenient=False)
+    walk = _Walk(result, planning=False)
+    filled = walk.fill(template, restored, path, lenient=False)
+    result.late.extend(walk.mismatches)
+    return filled
 
 
 class _Walk:
@@ -117,6 +123,10 @@ class _Walk:
         self.mismatches.append((keystr(path), kind, expected, found))
 
     def fill(self, template: Any, restored: Any, path: KeyPath, lenient: bool) -> Any:
+        view = self.view_of(template)
+        if view is not None:  # a keras.Model, an nnx.State: through a stateful stand-in
+            self.stateful(view, restored, path)
+            return template
         if is_stateful(template) and not isinstance(template, _CONTAINERS):
             return self.stateful(template, restored, path)
         if type(template) in _SPECIAL_LEAVES():
@@ -130,6 +140,13 @@ class _Walk:
         return self.leaf(template, restored, path, lenient)
 
     # ------------------------------------------------------------ objects
+
+    def view_of(self, template: Any) -> Any:
+        # one stand-in per object for both passes, so both see the same state dict
+        key = id(template)
+        if key not in self.result.views:
+            self.result.views[key] = _adapters.stateful_view(template)
+        return self.result.views[key]
 
     def stateful(self, obj: Any, restored: Any, path: KeyPath) -> Any:
         adapter = _torch_adapter()
@@ -248,6 +265,8 @@ class _Walk:
             if problem is None:
                 self.destine(spec, template, template if _fillable(template, spec) else None)
         elif (adapter := _tensor_adapter(template)) is not None:
+            if not hasattr(adapter, "spec_mismatch"):
+                return  # a framework array (jax): checked against the values it gets
             problem = adapter.spec_mismatch(template, spec)
             if problem is None:
                 self.destine(spec, template, adapter.destination(template, spec))
@@ -281,8 +300,13 @@ class _Walk:
             return restored
         adapter = _tensor_adapter(template)
         if adapter is not None:
-            if adapter.mismatch(template, restored):
-                return restored if lenient and not adapter.is_tensor(restored) else template
+            problem = adapter.mismatch(template, restored)
+            if problem:
+                if lenient and problem[0] == "type":
+                    return restored
+                if not lenient:
+                    self.mismatch(path, *problem)
+                return template
             return adapter.copy_into(template, restored)
         if (template is not None and type(template) is not type(restored)) and not lenient:
             return template
@@ -355,4 +379,29 @@ def _tensor_adapter(value: Any) -> Any:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return _torch_adapter()
-    return None
+    return _adapters.array_adapter(value)  # jax.Array
+
+
+def fill_from(template: Any, restored: Any, source: str, path: KeyPath = ()) -> Any:
+    """Fill ``template`` from a tree of values already in memory (not read from a file).
+
+    The same two passes as a restore: every difference raises one
+    ``StateMismatchError`` naming ``source`` before anything is touched.
+    """
+    from ckpt.errors import StateMismatchError
+    from ckpt.tree import encode_tree, unflatten
+
+    treedef, leaves = encode_tree(restored)
+    specs = unflatten(treedef, {
+        number: LeafSpec(number, {"kind": kind, "dtype": array.dtype.str,
+                                  "shape": list(array.shape), "extra": extra,
+                                  "alias": extra.get("alias")})
+        for number, (_, kind, array, extra) in enumerate(leaves)})
+    result = Plan()
+    plan(template, specs, result, path)
+    if result.mismatches:
+        raise StateMismatchError(source, result.mismatches, hint="\n".join(result.hints))
+    filled = apply(template, restored, result, path)
+    if result.late:
+        raise StateMismatchError(source, result.late)
+    return filled

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ckpt import _adapters
 from ckpt._types import KeyPath, is_stateful
 from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
 
@@ -93,6 +94,9 @@ def _flatten(node: Any, path: KeyPath, leaves: list, active: set[int]) -> Any:
     if len(path) > MAX_TREE_DEPTH:
         raise UnsupportedTypeError(keystr(path[:8]) + "/...", _type_name(node),
                                    f"containers nested deeper than {MAX_TREE_DEPTH} levels")
+    stored = _adapters.stored_form(node)  # keras/jax/flax/optax objects: see _adapters
+    if stored is not None:
+        node = stored
     if is_stateful(node) and not isinstance(node, _BUILTIN_CONTAINERS):
         node = state_dict_of(node)
     tag = _CONTAINER_TYPES.get(type(node))
@@ -299,6 +303,9 @@ def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
         from ckpt.integrations import torch as torch_adapter
 
         return torch_adapter.encode_value(value)
+    encoded = _adapters.encode_leaf(value, keystr(path))
+    if encoded is not None:
+        return encoded
     raise UnsupportedTypeError(keystr(path), _type_name(value), _hint(value))
 
 
@@ -335,6 +342,8 @@ def decode_leaf(kind: str, array: np.ndarray, extra: dict, device: Any = None) -
         from ckpt.integrations import torch as torch_adapter
 
         return torch_adapter.decode_value(kind, array)
+    if kind in _adapters.ADAPTER_KINDS:
+        return _adapters.adapter_for_kind(kind).decode_leaf(kind, array, extra, device)
     raise ValueError(f"unknown leaf kind {kind!r}")
 
 
@@ -342,7 +351,7 @@ TORCH_VALUE_KINDS = frozenset(["torch_size", "torch_dtype", "torch_device"])
 LEAF_KINDS = frozenset(
     ["ndarray", "npscalar", "bool", "int", "bigint", "float", "complex", "str", "bytes",
      "none", "torch", *TORCH_VALUE_KINDS]
-)
+) | _adapters.ADAPTER_KINDS
 
 
 def _checked_array(array: np.ndarray, path: KeyPath) -> np.ndarray:
