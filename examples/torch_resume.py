@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.step()
             scheduler.step()
             loop.report(loss=loss.item())
-            if step % 50 == 0 or step == args.steps - 1:
+            if step % 50 == 0 or step == args.steps:
                 print(f"step {step} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.5f}",
                       flush=True)
     elapsed = time.perf_counter() - started

@@ -84,14 +84,14 @@ def train(directory: str, *, steps: int, save_every: int, seed: int, optimizer: 
     with ckpt.TrainingLoop(mgr, state, total_steps=steps) as loop:
         if loop.resumed_from is not None:
             print(f"resumed from step {loop.resumed_from}", file=out)
-        bar = tqdm(total=steps, initial=loop.start_step, desc="training", unit="step",
+        bar = tqdm(total=steps, initial=steps - loop.remaining, desc="training", unit="step",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for step in loop:
             batch = order.next_batch()
             x = x_train[batch] + noise.normal(0, NOISE, (len(batch), 784)).astype(np.float32)
             loss = model.train_step(x, y_train[batch])
             loop.report(loss=loss)
-            if mgr.should_save(step) or step == steps - 1:
+            if mgr.should_save(step) or step == steps:
                 val_loss, val_accuracy = model.evaluate(x_val, y_val)
                 loop.report(val_loss=val_loss, val_accuracy=val_accuracy)
             bar.update(1)

@@ -29,8 +29,9 @@ def wait_until_training(child):
 
 def final_state(directory):
     mgr = ckpt.CheckpointManager(directory)
-    assert mgr.latest_step() == STEPS - 1
-    return mgr.restore(STEPS - 1)
+    # steps run 1..STEPS and the final checkpoint is step STEPS
+    assert mgr.latest_step() == STEPS
+    return mgr.restore(STEPS)
 
 
 def uninterrupted(tmp_path):
@@ -38,6 +39,8 @@ def uninterrupted(tmp_path):
     out, err = child.communicate(timeout=300)
     assert child.returncode == 0, err
     assert "resumed" not in out and f"done: {STEPS} steps" in out
+    steps = ckpt.CheckpointManager(tmp_path / "straight").all_steps()
+    assert all(step % SAVE_EVERY == 0 or step == STEPS for step in steps), steps
     return final_state(tmp_path / "straight")
 
 

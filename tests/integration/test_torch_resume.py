@@ -88,9 +88,10 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path
     # the kills really interrupted training, and later runs really resumed
     assert any("preempted" in o for o in outputs), outputs
     assert sum("resumed after step" in o for o in outputs) >= 2, outputs
-    assert "resumed after step" in outputs[-1] and "start 0" not in outputs[-1]
+    assert "resumed after step" in outputs[-1] and "start 1\n" not in outputs[-1]
+    assert "start 1\n" in outputs[0]  # a fresh run's first step is 1
 
-    final = STEPS - 1
+    final = STEPS  # steps run 1..STEPS
     expected = ckpt.CheckpointManager(tmp_path / "reference").restore(final)
     resumed_manager = ckpt.CheckpointManager(tmp_path / "resumed")
     actual = resumed_manager.restore(final)
