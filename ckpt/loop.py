@@ -74,6 +74,16 @@ class TrainingLoop:
         return self.resumed_from + 1
 
     @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGTERM or SIGINT) that stopped the loop, or None.
+
+        A program that stops on it should exit with ``128 + stop_signal`` (130 for
+        Ctrl-C, 143 for SIGTERM), as the shell does, so that a job scheduler can tell
+        a preempted run from a finished one.
+        """
+        return self._stop_signal if self.preempted else None
+
+    @property
     def remaining(self) -> int:
         """How many steps are still to run."""
         return max(0, self.total_steps - self.start_step + 1)

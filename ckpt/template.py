@@ -110,10 +110,12 @@ def _fill_leaf(template: Any, restored: Any, apply: bool, path: KeyPath,
     if isinstance(template, np.ndarray):
         if not isinstance(restored, np.ndarray):
             mismatches.append((key, "type", describe(template), describe(restored)))
-        elif template.shape != restored.shape:
-            mismatches.append((key, "shape", str(template.shape), str(restored.shape)))
-        elif template.dtype != restored.dtype:
-            mismatches.append((key, "dtype", str(template.dtype), str(restored.dtype)))
+        elif template.shape != restored.shape or template.dtype != restored.dtype:
+            # report shape and dtype both when both differ, not just the first
+            if template.shape != restored.shape:
+                mismatches.append((key, "shape", str(template.shape), str(restored.shape)))
+            if template.dtype != restored.dtype:
+                mismatches.append((key, "dtype", str(template.dtype), str(restored.dtype)))
         elif apply:
             if template.flags.writeable:
                 np.copyto(template, restored)
@@ -122,9 +124,9 @@ def _fill_leaf(template: Any, restored: Any, apply: bool, path: KeyPath,
         return template
     adapter = _tensor_adapter(template)
     if adapter is not None:
-        problem = adapter.mismatch(template, restored)
-        if problem:
-            mismatches.append((key, *problem))
+        problems = adapter.mismatches(template, restored)
+        if problems:
+            mismatches.extend((key, *problem) for problem in problems)
             return template
         return adapter.copy_into(template, restored) if apply else template
     if template is not None and type(template) is not type(restored):

@@ -60,7 +60,7 @@ __all__ = [
     "is_tensor",
     "encode_tensor",
     "decode_tensor",
-    "mismatch",
+    "mismatches",
     "copy_into",
     "ResumableSampler",
 ]
@@ -216,19 +216,23 @@ def _native_writable(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------- restore into
 
 
-def mismatch(template: torch.Tensor, restored: Any) -> tuple[str, str, str] | None:
-    """Why ``restored`` cannot fill ``template``: ``(kind, expected, found)``, or None."""
+def mismatches(template: torch.Tensor, restored: Any) -> list[tuple[str, str, str]]:
+    """Why ``restored`` cannot fill ``template``: ``[(kind, expected, found), ...]``.
+
+    Empty when it fits; a shape and a dtype difference are both reported.
+    """
     if not is_tensor(restored):
-        return ("type", describe(template), describe(restored))
+        return [("type", describe(template), describe(restored))]
     if template.is_meta:
-        return ("device", "a tensor with storage (the template is on the meta device: "
-                "materialize it first, e.g. module.to_empty(device=...))",
-                str(restored.device))
+        return [("device", "a tensor with storage (the template is on the meta device: "
+                 "materialize it first, e.g. module.to_empty(device=...))",
+                 str(restored.device))]
+    problems = []
     if template.shape != restored.shape:
-        return ("shape", str(tuple(template.shape)), str(tuple(restored.shape)))
+        problems.append(("shape", str(tuple(template.shape)), str(tuple(restored.shape))))
     if template.dtype != restored.dtype:
-        return ("dtype", str(template.dtype), str(restored.dtype))
-    return None
+        problems.append(("dtype", str(template.dtype), str(restored.dtype)))
+    return problems
 
 
 def copy_into(template: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
