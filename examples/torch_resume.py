@@ -67,9 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The example's options; every help text names its default."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", required=True, help="checkpoint directory (required)")
-    parser.add_argument("--steps", type=int, default=200,
+    parser.add_argument("--steps", type=int, default=200, metavar="N",
                         help="total training steps, run 1..N (default: %(default)s)")
-    parser.add_argument("--save-every", type=int, default=20,
+    parser.add_argument("--save-every", type=int, default=20, metavar="K",
                         help="checkpoint every K steps, and the last one (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="samples per step (default: %(default)s)")

@@ -102,3 +102,13 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path
     assert_tree_equal(expected, actual)
     reference_loss = ckpt.CheckpointManager(tmp_path / "reference").info(final).metrics
     assert resumed_manager.info(final).metrics == reference_loss
+
+
+def test_example_help_names_every_default() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True,
+                            text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for shown in ("run 1..N (default: 200)", "the last one (default: 20)",
+                  "samples per step (default: 32)", "torch CPU threads (default: 1)"):
+        assert shown in text, shown
