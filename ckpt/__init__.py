@@ -6,6 +6,7 @@ from ckpt._version import __version__
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointPermissionError,
     CorruptCheckpointError,
     LockTimeoutError,
     SaveError,
@@ -44,6 +45,7 @@ __all__ = [
     "StepExistsError",
     "LockTimeoutError",
     "SaveError",
+    "CheckpointPermissionError",
 ]
 
 # a library logs, the application decides where it goes

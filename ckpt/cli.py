@@ -18,7 +18,7 @@ from typing import Any
 from ckpt import inspection
 from ckpt._version import __version__
 from ckpt.errors import CheckpointError
-from ckpt.policies import Policy
+from ckpt.policies import Policy, metric_direction
 
 __all__ = ["main", "build_parser"]
 
@@ -29,13 +29,21 @@ class UsageError(Exception):
     """Arguments that parse but make no sense together; reported like any other error."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse reporting bad arguments like every other bad input: one line, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"ckpt: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckpt",
         description="Crash-safe, exact-resume training checkpoints in plain HDF5.",
         epilog="Run 'ckpt COMMAND --help' for a command's options. Exit status: 0 ok, "
-               "1 verify found damage, 2 bad input (one 'ckpt: error:' line on stderr).",
+               "1 verify found damage, 2 bad input (one 'ckpt: error:' line on stderr), "
+               "130/143 demo interrupted by SIGINT/SIGTERM (after saving).",
     )
     parser.add_argument("--version", action="version", version=f"ckpt {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ckpt`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+    if args.command is None:  # a command is required: say which there are, as bad input
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:  # e.g. `ckpt ls DIR | head`: stop quietly
@@ -108,27 +116,36 @@ def _add_demo(commands: Any) -> None:
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table (default: a table)")
 
 
-def _add_policy_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("retention policy (a step is kept if any option keeps it)")
+def _add_policy_args(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group(
+        "retention policy", f"A step is kept if any option keeps it. Default: {default}.")
     group.add_argument("--keep-last", type=_positive, metavar="N",
                        help="keep the N newest checkpoints")
     group.add_argument("--keep-every", type=_positive, metavar="K",
                        help="keep every step divisible by K")
     group.add_argument("--keep-best", metavar="METRIC",
                        help="keep the checkpoint with the best value of METRIC")
-    group.add_argument("--mode", choices=("min", "max"),
+    group.add_argument("--mode", choices=("auto", "min", "max"), default="auto",
                        help="with --keep-best: whether the best METRIC is the lowest or the "
-                            "highest (default: min)")
+                            "highest; auto infers it from the name (accuracy, auc, f1, "
+                            "precision, recall... -> max; loss, error, mse... -> min) and "
+                            "refuses a name that says neither (default: auto)")
 
 
 def _policy(args: argparse.Namespace) -> Policy | None:
-    if args.mode is not None and args.keep_best is None:
+    if args.mode != "auto" and args.keep_best is None:
         raise UsageError("--mode only applies together with --keep-best METRIC")
+    if (args.keep_best is not None and args.mode == "auto"
+            and metric_direction(args.keep_best) is None):
+        # never guess: a wrong direction would keep the worst checkpoint
+        raise UsageError(f"--keep-best {args.keep_best}: the name does not say whether "
+                         "higher or lower is better; pass --mode min or --mode max")
     return inspection.build_policy(keep_last=args.keep_last, keep_every=args.keep_every,
-                                   keep_best=args.keep_best, mode=args.mode or "min")
+                                   keep_best=args.keep_best, mode=args.mode)
 
 
 # -------------------------------------------------------------- formats
@@ -189,7 +206,8 @@ def _add_ls(commands: Any) -> None:
                "saved under (each manifest records it), or the --keep-* options when "
                "given; '-' when neither is known.")
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory")
-    _add_policy_args(parser)
+    _add_policy_args(parser, "the policy the newest checkpoint was saved under (recorded "
+                             "in its manifest)")
     _add_json(parser)
     parser.set_defaults(run=_run_ls)
 
@@ -343,9 +361,10 @@ def _add_prune(commands: Any) -> None:
                     "CheckpointManager prunes. Step directories without a valid manifest "
                     "are left alone.")
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory")
-    _add_policy_args(parser)
+    _add_policy_args(parser, "none; at least one --keep-* option is required")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print what would be deleted and delete nothing")
+                        help="print what would be deleted and delete nothing "
+                             "(default: delete)")
     parser.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="wait this long for a writer that holds the lock (default: 60)")
     parser.set_defaults(run=_run_prune)

@@ -19,6 +19,7 @@ __all__ = [
     "StepExistsError",
     "LockTimeoutError",
     "SaveError",
+    "CheckpointPermissionError",
     "Mismatch",
 ]
 
@@ -184,3 +185,32 @@ class SaveError(CheckpointError, OSError):
 
     def __reduce__(self):
         return (type(self), (self.filename, self.step, self.errno, self.reason))
+
+
+class CheckpointPermissionError(CheckpointError, PermissionError):
+    """This process may not read or change a checkpoint directory or a file in it.
+
+    Names what was being done and the path that refused it; keeps the cause's
+    ``errno`` (``EACCES`` or ``EPERM``) and ``filename``.
+    """
+
+    def __init__(self, path: str, action: str, errno_: int | None = None,
+                 reason: str = "permission denied") -> None:
+        import errno
+
+        self.action = action
+        self.reason = reason
+        super().__init__(errno.EACCES if errno_ is None else errno_,
+                         f"cannot {action}: {path}: {reason}", str(path))
+
+    @classmethod
+    def from_os_error(cls, path: str, action: str, error: OSError) -> CheckpointPermissionError:
+        """Wrap ``error``; ``path`` is used when the error names no file."""
+        return cls(error.filename or path, action, error.errno,
+                   (error.strerror or "permission denied").lower())
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.action, self.errno, self.reason))

@@ -204,7 +204,7 @@ def _disk_size(path: str) -> int:
 
 
 def build_policy(*, keep_last: int | None = None, keep_every: int | None = None,
-                 keep_best: str | None = None, mode: str = "min") -> Policy | None:
+                 keep_best: str | None = None, mode: str = "auto") -> Policy | None:
     """The union of the policies asked for, or None when none is."""
     parts: list[Policy] = []
     if keep_last is not None:

@@ -7,8 +7,10 @@
             loss = train_step(...)
             loop.report(loss=loss)        # metrics stored with this step's save
 
-A checkpoint for step ``s`` holds the state *after* step ``s`` ran, so a resumed
-loop starts at ``s + 1``. SIGTERM or SIGINT during the loop sets a flag: the step
+Step numbers follow the convention of the TF checkpoint guide, the HF Trainer and
+Lightning: step ``N`` is the ``N``-th update, steps run ``1 .. total_steps``, and the
+checkpoint of step ``N`` holds the state after ``N`` completed updates, so a resumed
+loop starts at ``N + 1``. SIGTERM or SIGINT during the loop sets a flag: the step
 in progress finishes, is saved, and the loop ends (``loop.preempted`` is True).
 The last step is always saved.
 """
@@ -35,12 +37,15 @@ class TrainingLoop:
         manager: where checkpoints go; its ``save_every``/``keep`` apply.
         state: the tree to save and to restore into (arrays filled in place,
             stateful objects loaded).
-        total_steps: steps of the whole run; the loop yields ``start .. total_steps-1``.
+        total_steps: updates of the whole run; the loop yields ``start_step ..
+            total_steps`` (``1 .. total_steps`` on a fresh run).
         handle_signals: catch SIGTERM/SIGINT (main thread only) to save and stop.
     """
 
     def __init__(self, manager: CheckpointManager, state: Any, *, total_steps: int,
                  handle_signals: bool = True) -> None:
+        if type(total_steps) is not int or total_steps < 0:  # bool is an int: refused too
+            raise ValueError(f"total_steps must be an int >= 0, got {total_steps!r}")
         self.manager = manager
         self.state = state
         self.total_steps = total_steps
@@ -56,7 +61,7 @@ class TrainingLoop:
     def _resume(self) -> int:
         latest = self.manager.latest_step()
         if latest is None:
-            return 0
+            return 1
         self.state = self.manager.restore(into=self.state)
         # restore() may fall back past a damaged newest step: ask which one it used
         self.resumed_from = self.manager.last_restored_step
@@ -69,9 +74,19 @@ class TrainingLoop:
         return self.resumed_from + 1
 
     @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGTERM or SIGINT) that stopped the loop, or None.
+
+        A program that stops on it should exit with ``128 + stop_signal`` (130 for
+        Ctrl-C, 143 for SIGTERM), as the shell does, so that a job scheduler can tell
+        a preempted run from a finished one.
+        """
+        return self._stop_signal if self.preempted else None
+
+    @property
     def remaining(self) -> int:
         """How many steps are still to run."""
-        return max(0, self.total_steps - self.start_step)
+        return max(0, self.total_steps - self.start_step + 1)
 
     def report(self, **metrics: Any) -> None:
         """Metrics of the current step, stored with its checkpoint if it is saved."""
@@ -96,10 +111,10 @@ class TrainingLoop:
                     signum)
 
     def __iter__(self) -> Iterator[int]:
-        for step in range(self.start_step, self.total_steps):
+        for step in range(self.start_step, self.total_steps + 1):
             self._metrics = {}
             yield step
-            last = step == self.total_steps - 1
+            last = step == self.total_steps
             stopping = self._stop_signal is not None
             saved = self.manager.save(step, self.state, metrics=self._metrics,
                                       force=last or stopping)

@@ -13,7 +13,9 @@ live in their own modules. The commit protocol (under the writer lock):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import numbers
 import os
 import time
 import warnings
@@ -25,6 +27,7 @@ from ckpt import _failpoints, fsutil, h5format, manifest
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointPermissionError,
     CorruptCheckpointError,
     SaveError,
     StepExistsError,
@@ -34,6 +37,7 @@ from ckpt.policies import (
     KeepBest,
     Policy,
     StepInfo,
+    check_schedule,
     is_due,
     retained_steps,
     to_spec,
@@ -50,10 +54,14 @@ class CheckpointManager:
     """Save, list, prune and restore step-numbered checkpoints in ``directory``.
 
     Args:
-        directory: where checkpoints live; created if missing.
+        directory: where checkpoints live; created by the first save, never by a
+            reader (a reader of a missing directory lists no steps, and ``restore``
+            raises ``CheckpointNotFoundError`` naming it).
         keep: retention policy (default :class:`~ckpt.KeepAll`); combine with ``|``.
         save_every: save only steps divisible by this (``save`` of others is a no-op).
-        save_every_seconds: save when this long has passed since the last save.
+        save_every_seconds: save when this long has passed since the last save
+            (measured with ``time.monotonic`` in this process; after a restart, from
+            the newest manifest's time, a time in the future counting as now).
         async_save: stage the state in memory and write it in the background.
         lock_timeout: seconds to wait for another writer; ``None`` waits for ever.
         progress: tqdm bars for long saves/restores; ``None`` = only on a terminal.
@@ -70,18 +78,16 @@ class CheckpointManager:
         lock_timeout: float | None = None,
         progress: bool | None = None,
     ) -> None:
-        if save_every is not None and save_every < 1:
-            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        save_every, save_every_seconds = check_schedule(save_every, save_every_seconds)
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep if keep is not None else KeepAll()
         self.save_every = save_every
         self.save_every_seconds = save_every_seconds
         self.lock_timeout = lock_timeout
         self.progress = progress
         self._cache: dict[int, tuple[tuple, StepInfo]] = {}
-        infos = self.infos()
-        self._last_save_time: float | None = max((i.time for i in infos), default=None)
+        self._last_save_time = _monotonic_since(max((i.time for i in self.infos()),
+                                                    default=None))
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
         if async_save:
@@ -92,7 +98,15 @@ class CheckpointManager:
     # ------------------------------------------------------------ listing
 
     def _step_dirs(self) -> dict[int, str]:
-        return fsutil.step_dirs(self.directory)
+        try:
+            return fsutil.step_dirs(self.directory)
+        except FileNotFoundError:  # created by the first save: a reader sees no steps yet
+            return {}
+        except NotADirectoryError:
+            raise CheckpointError(f"{self.directory} is not a directory") from None
+        except PermissionError as error:
+            raise CheckpointPermissionError.from_os_error(
+                str(self.directory), "list the checkpoint directory", error) from None
 
     def _info(self, step: int, step_dir: str) -> StepInfo | None:
         path = os.path.join(step_dir, manifest.MANIFEST_NAME)
@@ -112,12 +126,23 @@ class CheckpointManager:
         return info
 
     def infos(self) -> list[StepInfo]:
-        """Every committed checkpoint (valid manifest), sorted by step."""
-        out = []
-        for step, step_dir in self._step_dirs().items():
-            info = self._info(step, step_dir)
-            if info is not None:
-                out.append(info)
+        """Every committed checkpoint (valid manifest), sorted by step.
+
+        Takes no lock. A step listed and then pruned before its manifest was read
+        means a writer committed a newer one meanwhile (commit renames come before
+        prune renames), so the directory is listed again: a reader racing a
+        ``KeepLast(1)`` writer never sees an empty directory (issue 11, item 7).
+        """
+        for _ in range(_RESCANS):
+            out, vanished = [], False
+            for step, step_dir in self._step_dirs().items():
+                info = self._info(step, step_dir)
+                if info is not None:
+                    out.append(info)
+                elif not os.path.lexists(step_dir):
+                    vanished = True
+            if not vanished:
+                break
         return out
 
     def info(self, step: int) -> StepInfo:
@@ -141,19 +166,23 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
-        """The step with the best ``metric``; defaults to the ``KeepBest`` in ``keep``."""
+        """The step with the best ``metric``; defaults to the ``KeepBest`` in ``keep``.
+
+        ``mode`` as in :class:`~ckpt.KeepBest`: ``"auto"`` (the default) infers the
+        direction from the metric's name and refuses a name that gives none.
+        """
         best = _find_best(self.keep)
         if metric is None:
             if best is None:
                 raise ValueError("best_step() needs a metric: keep= has no KeepBest policy")
             metric, mode = best.metric, mode or best.mode
-        ranked = KeepBest(metric, mode=mode or "min").ranked(self.infos())
+        ranked = KeepBest(metric, mode=mode or "auto").ranked(self.infos())
         return ranked[0].step if ranked else None
 
     def should_save(self, step: int) -> bool:
         """Whether ``save(step, ...)`` would save under the schedule."""
-        return is_due(step, time.time(), self._last_save_time, every=self.save_every,
-                      every_seconds=self.save_every_seconds)
+        return is_due(_as_step(step), time.monotonic(), self._last_save_time,
+                      every=self.save_every, every_seconds=self.save_every_seconds)
 
     # -------------------------------------------------------------- save
 
@@ -162,11 +191,12 @@ class CheckpointManager:
         """Save ``state`` as checkpoint ``step``; returns whether it saved.
 
         Steps the schedule does not ask for are skipped (returns False) unless
-        ``force``. Raises ``StepExistsError`` for a step already on disk and
-        ``UnsupportedTypeError`` (before writing anything) for a bad leaf.
+        ``force``. ``step`` is an int >= 0 (numpy integers are accepted and stored
+        as int). Raises ``StepExistsError`` for a step already on disk and
+        ``UnsupportedTypeError`` (before writing anything) for a bad leaf or metric.
+        The directory is created here if it does not exist.
         """
-        if type(step) is not int or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = _as_step(step)
         if not force and not self.should_save(step):
             return False
         final = self.directory / fsutil.step_dir_name(step)
@@ -179,7 +209,7 @@ class CheckpointManager:
             self._writer.submit(step, treedef, leaves, clean, metadata)
         else:
             self._commit(step, treedef, leaves, clean, metadata)
-        self._last_save_time = time.time()
+        self._last_save_time = time.monotonic()
         return True
 
     def _commit(self, step: int, treedef: Any, leaves: list, metrics: dict,
@@ -187,6 +217,7 @@ class CheckpointManager:
         final = self.directory / fsutil.step_dir_name(step)
         started = time.perf_counter()
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             with fsutil.writer_lock(self.directory, self.lock_timeout):
                 _failpoints.hit("lock.acquired")
                 self._commit_locked(final, step, treedef, leaves, metrics, metadata)
@@ -196,7 +227,8 @@ class CheckpointManager:
         except OSError as error:
             if isinstance(error, CheckpointError):
                 raise
-            raise SaveError.from_os_error(final, step, error) from error
+            # name the file that failed (the lock file of a read-only directory, say)
+            raise SaveError.from_os_error(error.filename or final, step, error) from error
 
     def _commit_locked(self, final: Path, step: int, treedef: Any, leaves: list,
                        metrics: dict, metadata: Any) -> None:
@@ -267,10 +299,8 @@ class CheckpointManager:
     def delete(self, step: int) -> None:
         """Delete checkpoint ``step`` (also a damaged one) under the writer lock."""
         self.wait_until_finished()
-        with fsutil.writer_lock(self.directory, self.lock_timeout):
-            step_dir = self._step_dirs().get(step)
-            if step_dir is None:
-                raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+        step = _as_step(step)
+        with self._locked_step(step, f"delete step {step}") as step_dir:
             self._remove(step, step_dir)
 
     def set_aside(self, step: int) -> Path:
@@ -280,16 +310,32 @@ class CheckpointManager:
         inspection, never listed, and its step number is free to be saved again.
         """
         self.wait_until_finished()
-        with fsutil.writer_lock(self.directory, self.lock_timeout):
-            step_dir = self._step_dirs().get(step)
-            if step_dir is None:
-                raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+        step = _as_step(step)
+        with self._locked_step(step, f"set step {step} aside") as step_dir:
             target = self.directory / fsutil.aside_name(fsutil.step_dir_name(step))
             os.rename(step_dir, target)
             fsutil.fsync_dir(self.directory)
             self._cache.pop(step, None)
         log.warning("set step %d aside as %s", step, target)
         return target
+
+    @contextlib.contextmanager
+    def _locked_step(self, step: int, action: str) -> Iterator[str]:
+        """The directory of ``step`` under the writer lock; errors name the path."""
+        missing = CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+        if not self.directory.is_dir():
+            raise missing  # taking the lock would create the directory
+        try:
+            with fsutil.writer_lock(self.directory, self.lock_timeout):
+                step_dir = self._step_dirs().get(step)
+                if step_dir is None:
+                    raise missing
+                yield step_dir
+        except PermissionError as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointPermissionError.from_os_error(str(self.directory), action,
+                                                          error) from None
 
     # ----------------------------------------------------------- restore
 
@@ -308,22 +354,33 @@ class CheckpointManager:
         """
         self.wait_until_finished()
         if step is not None:
-            return self._restore_step(step, into, keys, strict, verify, device)
-        skipped = []
-        for candidate in sorted(self._step_dirs(), reverse=True):
-            try:
-                return self._restore_step(candidate, into, keys, strict, verify, device)
-            except CorruptCheckpointError as error:
-                warnings.warn(f"ckpt: skipping step {candidate}: {error}", stacklevel=2)
-                log.warning("skipping step %d: %s", candidate, error)
-                skipped.append(candidate)
-            except CheckpointNotFoundError as error:
-                if error.step != candidate:
-                    raise
-                # pruned by a writer while we read it: an older one follows
+            return self._restore_step(_as_step(step), into, keys, strict, verify, device)
+        skipped, tried = [], set()
+        for _ in range(_RESCANS):
+            candidates = [s for s in sorted(self._step_dirs(), reverse=True) if s not in tried]
+            vanished = False
+            for candidate in candidates:
+                tried.add(candidate)
+                try:
+                    return self._restore_step(candidate, into, keys, strict, verify, device)
+                except CorruptCheckpointError as error:
+                    warnings.warn(f"ckpt: skipping step {candidate}: {error}", stacklevel=2)
+                    log.warning("skipping step %d: %s", candidate, error)
+                    skipped.append(candidate)
+                except CheckpointNotFoundError as error:
+                    if error.step != candidate:
+                        raise
+                    # pruned by a writer while we read it, so it committed a newer step
+                    # first: list again rather than fall back to older ones (or none)
+                    vanished = True
+                    break
+            if not vanished:
+                break
         if skipped:
             raise CorruptCheckpointError(self.directory, "no checkpoint verifies "
                                          f"(skipped steps {skipped})")
+        if not self.directory.is_dir():
+            raise CheckpointNotFoundError(self.directory, detail="no such directory")
         raise CheckpointNotFoundError(self.directory, detail="no checkpoints in this directory")
 
     def _restore_step(self, step: int, into: Any, keys: Any, strict: bool,
@@ -413,6 +470,33 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"CheckpointManager({str(self.directory)!r}, keep={self.keep!r})"
+
+
+# How often a reader lists the directory again after a step vanished under it. Each
+# rescan follows a prune, which follows a newer commit, so one is nearly always
+# enough; the bound only stops a reader from spinning if something else deletes.
+_RESCANS = 100
+
+
+def _as_step(step: object) -> int:
+    """``step`` as an int; numpy integers are fine, str, float and bool are not."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"a step must be an int (numpy integers too), got {step!r} "
+                        f"({type(step).__name__})")
+    if step < 0:
+        raise ValueError(f"a step must be >= 0, got {step}")
+    return int(step)
+
+
+def _monotonic_since(saved_at: float | None) -> float | None:
+    """The ``time.monotonic()`` reading of wall-clock time ``saved_at``.
+
+    A time in the future (a clock that went back, another node's clock) counts as
+    now: otherwise ``save_every_seconds`` would not save until the clock caught up.
+    """
+    if saved_at is None:
+        return None
+    return time.monotonic() - max(0.0, time.time() - saved_at)
 
 
 def _find_best(policy: Policy) -> KeepBest | None:

@@ -27,24 +27,59 @@ MANIFEST_NAME = "manifest.json"
 DATA_NAME = "state.h5"
 
 
+# JSON has no NaN or infinity; these are the tokens Python's json would have written,
+# as strings, so that float(value) still turns them back into numbers.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def clean_metrics(metrics: Any) -> dict[str, Any]:
-    """Metrics as JSON values: numpy and torch scalars become Python numbers."""
+    """Metrics as JSON values: numpy and torch scalars become Python numbers.
+
+    A NaN or infinite float is stored as the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (valid JSON; ``float()`` reads it back; ``KeepBest`` never ranks
+    it). Refused with ``UnsupportedTypeError`` naming the metric: non-scalar values
+    (arrays, lists), other types, and ints beyond float range, which no policy
+    could rank.
+    """
     if metrics is None:
         return {}
     if not isinstance(metrics, dict):
         raise UnsupportedTypeError("metrics", type(metrics).__name__, "metrics must be a dict")
-    out = {}
-    for name, value in metrics.items():
-        if not isinstance(name, str):
-            raise UnsupportedTypeError(f"metrics/{name!r}", type(name).__name__,
-                                       "metric names must be str")
-        if hasattr(value, "item") and callable(value.item):
+    return {_metric_name(name): _metric_value(name, value) for name, value in metrics.items()}
+
+
+def _metric_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise UnsupportedTypeError(f"metrics/{name!r}", type(name).__name__,
+                                   "metric names must be str")
+    return name
+
+
+def _metric_value(name: str, value: Any) -> Any:
+    key, type_name = f"metrics/{name}", type(value).__name__
+    if hasattr(value, "item") and callable(value.item):  # numpy or torch scalar
+        shape = tuple(getattr(value, "shape", ()))
+        if shape:
+            raise UnsupportedTypeError(key, type_name, "a metric must be a scalar (0-d), got "
+                                       f"shape {shape}")
+        try:
             value = value.item()
-        if not isinstance(value, (int, float, str, bool)) and value is not None:
-            raise UnsupportedTypeError(f"metrics/{name}", type(value).__name__,
-                                       "a metric must be a number, str, bool or None")
-        out[name] = value
-    return out
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UnsupportedTypeError(key, type_name, f"a metric must be a scalar ({error})"
+                                       ) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE[repr(value)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise UnsupportedTypeError(key, "int", "an int metric must fit in a float "
+                                       "(|value| < 1.8e308) so that it can be ranked"
+                                       ) from None
+    if not isinstance(value, (int, float, str, bool)) and value is not None:
+        raise UnsupportedTypeError(key, type(value).__name__,
+                                   "a metric must be a number, str, bool or None")
+    return value
 
 
 def _versions() -> dict[str, str]:

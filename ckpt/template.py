@@ -261,14 +261,14 @@ class _Walk:
 
     def plan_leaf(self, template: Any, spec: LeafSpec, path: KeyPath, lenient: bool) -> None:
         if isinstance(template, np.ndarray):
-            problem = _array_spec_mismatch(template, spec)
-            if problem is None:
+            problems = _array_spec_mismatch(template, spec)
+            if not problems:
                 self.destine(spec, template, template if _fillable(template, spec) else None)
         elif (adapter := _tensor_adapter(template)) is not None:
-            if not hasattr(adapter, "spec_mismatch"):
+            if not hasattr(adapter, "spec_mismatches"):
                 return  # a framework array (jax): checked against the values it gets
-            problem = adapter.spec_mismatch(template, spec)
-            if problem is None:
+            problems = adapter.spec_mismatches(template, spec)
+            if not problems:
                 self.destine(spec, template, adapter.destination(template, spec))
         else:
             if lenient or template is None:
@@ -276,10 +276,11 @@ class _Walk:
             expected = spec.value_type()
             if expected is None:  # a torch value kind: its adapter knows the type
                 expected = _torch_adapter().value_type(spec.kind)
-            problem = (None if type(template) is expected
-                       else ("type", describe(template), describe(spec)))
-        if problem is not None and not (lenient and problem[0] == "type"):
-            self.mismatch(path, *problem)
+            problems = ([] if type(template) is expected
+                        else [("type", describe(template), describe(spec))])
+        for problem in problems:
+            if not (lenient and problem[0] == "type"):
+                self.mismatch(path, *problem)
 
     def destine(self, spec: LeafSpec, template: Any, destination: np.ndarray | None) -> None:
         self.result.targets[spec.number] = template
@@ -300,12 +301,13 @@ class _Walk:
             return restored
         adapter = _tensor_adapter(template)
         if adapter is not None:
-            problem = adapter.mismatch(template, restored)
-            if problem:
-                if lenient and problem[0] == "type":
+            problems = _adapter_mismatches(adapter, template, restored)
+            if problems:
+                if lenient and problems[0][0] == "type":
                     return restored
                 if not lenient:
-                    self.mismatch(path, *problem)
+                    for problem in problems:
+                        self.mismatch(path, *problem)
                 return template
             return adapter.copy_into(template, restored)
         if (template is not None and type(template) is not type(restored)) and not lenient:
@@ -313,19 +315,23 @@ class _Walk:
         return restored
 
 
-def _array_spec_mismatch(template: np.ndarray, spec: LeafSpec) -> tuple | None:
+def _array_spec_mismatch(template: np.ndarray, spec: LeafSpec) -> list[tuple[str, str, str]]:
     if spec.kind != "ndarray":
-        return ("type", describe(template), describe(spec))
-    shape_differs = template.shape != spec.shape
-    dtype_differs = template.dtype != spec.dtype
-    if shape_differs and dtype_differs:
-        return ("shape and dtype", f"{template.shape} {template.dtype}",
-                f"{spec.shape} {spec.dtype}")
-    if shape_differs:
-        return ("shape", str(template.shape), str(spec.shape))
-    if dtype_differs:
-        return ("dtype", str(template.dtype), str(spec.dtype))
-    return None
+        return [("type", describe(template), describe(spec))]
+    problems = []
+    if template.shape != spec.shape:  # a shape and a dtype difference are both reported
+        problems.append(("shape", str(template.shape), str(spec.shape)))
+    if template.dtype != spec.dtype:
+        problems.append(("dtype", str(template.dtype), str(spec.dtype)))
+    return problems
+
+
+def _adapter_mismatches(adapter: Any, template: Any, restored: Any) -> list:
+    # torch reports every difference; older adapters (jax) report the first one
+    if hasattr(adapter, "mismatches"):
+        return adapter.mismatches(template, restored)
+    problem = adapter.mismatch(template, restored)
+    return [problem] if problem else []
 
 
 def _fillable(array: np.ndarray, spec: LeafSpec) -> bool:

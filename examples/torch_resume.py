@@ -4,7 +4,9 @@
 
 Kill it at any moment (Ctrl-C, SIGTERM, even SIGKILL) and run the same command
 again: it continues after the newest checkpoint, and the final weights, optimizer,
-scheduler and RNG state are bit for bit those of an uninterrupted run.
+scheduler and RNG state are bit for bit those of an uninterrupted run. Steps run
+1..N and checkpoint N holds the state after N updates. Ctrl-C and SIGTERM save the
+step in progress and exit with 130 and 143 (128 + the signal, as the shell does).
 
 What makes the resume exact:
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 
 import numpy as np
@@ -61,16 +64,22 @@ def make_model() -> nn.Module:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The example's options; every help text names its default."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", required=True, help="checkpoint directory")
-    parser.add_argument("--steps", type=int, default=200, help="total training steps")
-    parser.add_argument("--save-every", type=int, default=20, help="checkpoint interval")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dir", required=True, help="checkpoint directory (required)")
+    parser.add_argument("--steps", type=int, default=200, metavar="N",
+                        help="total training steps, run 1..N (default: %(default)s)")
+    parser.add_argument("--save-every", type=int, default=20, metavar="K",
+                        help="checkpoint every K steps, and the last one (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="samples per step (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default: %(default)s)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Train (or resume) to ``--steps``; the exit code: 0, or 128 + the stop signal."""
     args = parse_args(argv)
     make_deterministic(args.threads)
     # every stream RNGState saves starts from a seed, or a fresh run could not be
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"start {loop.start_step}", flush=True)
         if loop.remaining == 0:
             print(f"already finished: {args.steps} steps", flush=True)
-            return
+            return 0
         started = time.perf_counter()
         model.train()
         for step in loop:
@@ -112,14 +121,15 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.step()
             scheduler.step()
             loop.report(loss=loss.item())
-            if step % 50 == 0 or step == args.steps - 1:
+            if step % 50 == 0 or step == args.steps:
                 print(f"step {step} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.5f}",
                       flush=True)
     elapsed = time.perf_counter() - started
     status = "preempted" if loop.preempted else "done"
     print(f"{status}: steps {loop.start_step}..{loop.last_saved} took {elapsed:.2f} s; "
           f"checkpoints {manager.all_steps()}", flush=True)
+    return 0 if loop.stop_signal is None else 128 + loop.stop_signal
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckpt
-from ckpt.policies import StepInfo, is_due, retained_steps
+from ckpt.policies import (
+    StepInfo,
+    check_schedule,
+    is_due,
+    metric_direction,
+    rankable,
+    retained_steps,
+)
 
 infos_strategy = st.lists(
     st.tuples(st.integers(0, 500), st.floats(0, 1000), st.one_of(st.none(), st.floats(-5, 5))),
@@ -102,3 +109,79 @@ def test_manager_retention_matches_policy_and_survives_restart(tmp_path_factory,
     best = min(range(len(losses)), key=lambda s: (losses[s], s))
     assert ckpt.CheckpointManager(directory, keep=keep).best_step() == best
     assert best in ckpt.CheckpointManager(directory).all_steps()
+
+
+# ------------------------------------------- KeepBest direction (issue 11)
+
+
+@pytest.mark.parametrize("metric, mode", [
+    ("val_accuracy", "max"), ("acc", "max"), ("val_acc", "max"), ("valAccuracy", "max"),
+    ("sparse_categorical_accuracy", "max"), ("eval/f1", "max"), ("val_auc", "max"),
+    ("precision", "max"), ("recall", "max"), ("bleu", "max"),
+    ("val_loss", "min"), ("loss", "min"), ("train-error", "min"), ("mse", "min"),
+    ("categorical_crossentropy", "min"), ("perplexity", "min"), ("top1_error", "min"),
+])
+def test_keep_best_infers_the_direction_from_the_name(metric, mode):
+    assert metric_direction(metric) == mode
+    policy = ckpt.KeepBest(metric)
+    assert policy.mode == mode
+    infos = [info(1, **{metric: 0.2}), info(2, **{metric: 0.9}), info(3, **{metric: 0.5})]
+    assert policy.keep(infos) == ({2} if mode == "max" else {1})
+
+
+@pytest.mark.parametrize("metric", ["epoch", "lr", "score2", "accuracy_loss", ""])
+def test_keep_best_refuses_a_name_without_a_direction_unless_given_a_mode(metric):
+    assert metric_direction(metric) is None
+    with pytest.raises(ValueError) as raised:
+        ckpt.KeepBest(metric)
+    assert str(raised.value) == (f"KeepBest cannot tell from the name {metric!r} whether "
+                                 "higher or lower is better: pass mode='min' or mode='max'")
+    infos = [info(1, **{metric: 1.0}), info(2, **{metric: 2.0})]
+    assert ckpt.KeepBest(metric, mode="max").keep(infos) == {2}
+    assert ckpt.KeepBest(metric, mode="min").keep(infos) == {1}
+
+
+def test_explicit_modes_still_win_over_the_name():
+    infos = [info(1, val_accuracy=0.2), info(2, val_accuracy=0.9)]
+    assert ckpt.KeepBest("val_accuracy", mode="min").keep(infos) == {1}
+    spec = ckpt.KeepBest("val_accuracy")
+    # the inferred direction is what the manifest records, so readers need not infer
+    from ckpt.policies import from_spec, to_spec
+    assert to_spec(spec) == [{"policy": "KeepBest", "metric": "val_accuracy", "n": 1,
+                              "mode": "max"}]
+    assert from_spec(to_spec(spec)).mode == "max"
+
+
+def test_values_that_cannot_rank_are_skipped_and_crash_nothing():
+    odd = [10**400, -10**400, float("nan"), float("inf"), float("-inf"), "NaN", "Infinity",
+           True, None, [1.0]]
+    infos = [info(step, loss=value) for step, value in enumerate(odd)]
+    infos += [info(20, loss=0.7), info(21, loss=0.3), info(22, loss=10**300)]
+    assert [rankable(i.metrics["loss"]) for i in infos[:len(odd)]] == [None] * len(odd)
+    assert ckpt.KeepBest("loss", n=2).keep(infos) == {20, 21}
+    assert ckpt.KeepBest("loss", n=2, mode="max").keep(infos) == {22, 20}
+    assert [i.step for i in ckpt.KeepBest("loss", n=9).ranked(infos)] == [21, 20, 22]
+
+
+# -------------------------------------------------- clock skew (issue 11)
+
+
+def test_keep_every_seconds_restarts_its_window_when_the_clock_goes_back():
+    infos = [info(1, time=100.0), info(2, time=10**9),  # stamped far in the future
+             info(3, time=130.0), info(4, time=150.0), info(5, time=200.0),
+             info(6, time=190.0)]  # a small step back: a new window, kept
+    assert ckpt.KeepEvery(seconds=60).keep(infos) == {1, 2, 3, 5, 6}
+    # without skew nothing changes
+    steady = [info(s, time=s * 25.0) for s in range(1, 9)]
+    assert ckpt.KeepEvery(seconds=60).keep(steady) == {1, 4, 7}
+
+
+def test_schedule_is_checked():
+    assert check_schedule(np.int64(5), 2) == (5, 2.0)
+    assert type(check_schedule(np.int64(5), None)[0]) is int
+    for every in (True, 2.5, 0, "5"):
+        with pytest.raises(ValueError, match=r"save_every must be an int >= 1"):
+            check_schedule(every, None)
+    for seconds in (0, -1, float("nan"), float("inf"), False):
+        with pytest.raises(ValueError, match=r"save_every_seconds must be a finite number"):
+            check_schedule(None, seconds)

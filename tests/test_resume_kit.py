@@ -71,21 +71,36 @@ class Counter:
         self.value[:] = state["value"]
 
 
-def test_training_loop_resumes_after_the_last_checkpoint_and_saves_the_final_step(tmp_path):
+def test_training_loop_runs_steps_1_to_total_and_checkpoint_n_holds_n_updates(tmp_path):
     mgr = ckpt.CheckpointManager(tmp_path, save_every=4)
     counter = Counter()
     with ckpt.TrainingLoop(mgr, {"c": counter}, total_steps=6) as loop:
-        assert loop.start_step == 0 and loop.resumed_from is None
+        assert loop.start_step == 1 and loop.resumed_from is None and loop.remaining == 6
+        seen = []
         for step in loop:
-            counter.value += 1
+            counter.value += 1  # one update per step
+            seen.append(step)
             loop.report(loss=float(step))
-    assert mgr.all_steps() == [0, 4, 5]  # schedule plus the final step
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert mgr.all_steps() == [4, 6]  # the schedule plus the final step, no step 0
     assert mgr.info(4).metrics == {"loss": 4.0}
+    for step in (4, 6):  # checkpoint N holds the state after N completed updates
+        assert (mgr.restore(step)["c"]["value"] == step).all()
     fresh = Counter()
     with ckpt.TrainingLoop(mgr, {"c": fresh}, total_steps=10) as loop:
-        assert loop.resumed_from == 5 and loop.start_step == 6 and loop.remaining == 4
+        assert loop.resumed_from == 6 and loop.start_step == 7 and loop.remaining == 4
         assert (fresh.value == 6).all()
-        assert list(loop) == [6, 7, 8, 9]
+        assert list(loop) == [7, 8, 9, 10]
+    assert mgr.latest_step() == 10
+    with ckpt.TrainingLoop(mgr, {"c": Counter()}, total_steps=10) as loop:
+        assert loop.remaining == 0 and list(loop) == []
+
+
+@pytest.mark.parametrize("total_steps", [-1, 2.5, True, "3"])
+def test_training_loop_refuses_a_bad_total_steps(tmp_path, total_steps):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    with pytest.raises(ValueError, match=r"total_steps must be an int >= 0, got "):
+        ckpt.TrainingLoop(mgr, {}, total_steps=total_steps)
 
 
 def test_training_loop_saves_and_stops_on_sigterm(tmp_path):
@@ -97,23 +112,21 @@ def test_training_loop_saves_and_stops_on_sigterm(tmp_path):
             if step == 7:
                 os.kill(os.getpid(), signal.SIGTERM)
     assert loop.preempted and loop.last_saved == 7
-    assert mgr.all_steps() == [0, 7]
+    assert mgr.all_steps() == [7] and (mgr.restore(7)["c"]["value"] == 7).all()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler given back
 
 
 def test_training_loop_sets_damaged_newer_steps_aside_and_redoes_them(tmp_path):
     mgr = ckpt.CheckpointManager(tmp_path)
-    for step in range(4):
-        mgr.save(step, {"c": {"value": np.full(3, step + 1.0)}})
-    (tmp_path / "step_3" / "manifest.json").write_text("{damaged")
+    for step in range(1, 5):
+        mgr.save(step, {"c": {"value": np.full(3, float(step))}})
+    (tmp_path / "step_4" / "manifest.json").write_text("{damaged")
     counter = Counter()
-    with pytest.warns(UserWarning, match="skipping step 3"):
+    with pytest.warns(UserWarning, match="skipping step 4"):
         loop = ckpt.TrainingLoop(mgr, {"c": counter}, total_steps=5)
     with loop:
-        assert loop.resumed_from == 2 and (counter.value == 3).all()
-        for _ in loop:
-            counter.value += 1
-    assert mgr.all_steps() == [0, 1, 2, 3, 4]
-    aside = [n for n in os.listdir(tmp_path) if n.startswith("damaged-step_3-")]
+        assert loop.resumed_from == 3 and (counter.value == 3).all()
+        assert list(loop) == [4, 5]
+    assert mgr.all_steps() == [1, 2, 3, 4, 5]
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("damaged-step_4-")]
     assert len(aside) == 1 and (tmp_path / aside[0] / "manifest.json").read_text() == "{damaged"
-    assert (mgr.restore(4)["c"]["value"] == 5).all()

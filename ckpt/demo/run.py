@@ -44,17 +44,39 @@ class DemoResult:
     val_loss: float | None
     val_accuracy: float | None
     kept: list[int] = field(default_factory=list)
+    stop_signal: int | None = None  # the signal that interrupted the run
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished; 128 + the signal when interrupted (130 SIGINT, 143 SIGTERM)."""
+        return 0 if self.stop_signal is None else 128 + self.stop_signal
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's command-line options."""
+    """The demo's command-line options; every help text names its default."""
     parser.add_argument("--dir", default="ckpt-demo",
                         help="checkpoint directory (default: ./ckpt-demo)")
-    parser.add_argument("--steps", type=int, default=3000, help="total training steps")
-    parser.add_argument("--save-every", type=int, default=100, help="checkpoint every K steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data order")
-    parser.add_argument("--optimizer", default="adam", choices=["sgd", "rmsprop", "adam"])
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--steps", type=_positive, default=3000, metavar="N",
+                        help="total training steps; they run 1..N (default: %(default)s)")
+    parser.add_argument("--save-every", type=_positive, default=100, metavar="K",
+                        help="checkpoint every K steps, and the last one "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for weights, data and noise (default: %(default)s)")
+    parser.add_argument("--optimizer", default="adam", choices=["sgd", "rmsprop", "adam"],
+                        help="optimizer of the seed model (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: a bar when stderr is a terminal)")
 
 
 def _optimizer(name: str) -> dict[str, Any]:
@@ -84,14 +106,14 @@ def train(directory: str, *, steps: int, save_every: int, seed: int, optimizer: 
     with ckpt.TrainingLoop(mgr, state, total_steps=steps) as loop:
         if loop.resumed_from is not None:
             print(f"resumed from step {loop.resumed_from}", file=out)
-        bar = tqdm(total=steps, initial=loop.start_step, desc="training", unit="step",
+        bar = tqdm(total=steps, initial=steps - loop.remaining, desc="training", unit="step",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for step in loop:
             batch = order.next_batch()
             x = x_train[batch] + noise.normal(0, NOISE, (len(batch), 784)).astype(np.float32)
             loss = model.train_step(x, y_train[batch])
             loop.report(loss=loss)
-            if mgr.should_save(step) or step == steps - 1:
+            if mgr.should_save(step) or step == steps:
                 val_loss, val_accuracy = model.evaluate(x_val, y_val)
                 loop.report(val_loss=val_loss, val_accuracy=val_accuracy)
             bar.update(1)
@@ -99,7 +121,8 @@ def train(directory: str, *, steps: int, save_every: int, seed: int, optimizer: 
         bar.close()
     result = DemoResult(directory=str(directory), steps=steps, resumed_from=loop.resumed_from,
                         preempted=loop.preempted, last_step=loop.last_saved, loss=loss,
-                        val_loss=val_loss, val_accuracy=val_accuracy, kept=mgr.all_steps())
+                        val_loss=val_loss, val_accuracy=val_accuracy, kept=mgr.all_steps(),
+                        stop_signal=loop.stop_signal)
     _summary(result, out)
     return result
 
@@ -117,12 +140,15 @@ def _summary(result: DemoResult, out: TextIO) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo from parsed command-line arguments; returns the exit code."""
-    if args.steps < 1 or args.save_every < 1:
-        raise SystemExit("ckpt: error: --steps and --save-every must be >= 1")
-    train(args.dir, steps=args.steps, save_every=args.save_every, seed=args.seed,
-          optimizer=args.optimizer, progress=not args.no_progress and sys.stderr.isatty())
-    return 0
+    """Run the demo from parsed command-line arguments; returns the exit code.
+
+    0 when training finished; 130 (SIGINT) or 143 (SIGTERM) when a signal stopped it
+    after saving, as the shell reports a process the signal killed.
+    """
+    result = train(args.dir, steps=args.steps, save_every=args.save_every, seed=args.seed,
+                   optimizer=args.optimizer,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    return result.exit_code
 
 
 if __name__ == "__main__":

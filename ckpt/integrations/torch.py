@@ -43,7 +43,7 @@ __all__ = [
     "is_tensor",
     "encode_tensor",
     "decode_tensor",
-    "mismatch",
+    "mismatches",
     "copy_into",
     "ResumableSampler",
     "SeededDataset",
@@ -201,18 +201,23 @@ def _native_writable(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------- restore into
 
 
-def mismatch(template: torch.Tensor, restored: Any) -> tuple[str, str, str] | None:
-    """Why ``restored`` cannot fill ``template``: ``(kind, expected, found)``, or None."""
+def mismatches(template: torch.Tensor, restored: Any) -> list[tuple[str, str, str]]:
+    """Why ``restored`` cannot fill ``template``: ``[(kind, expected, found), ...]``.
+
+    Empty when it fits; a shape and a dtype difference are both reported.
+    """
     if not is_tensor(restored):
-        return ("type", describe(template), describe(restored))
+        return [("type", describe(template), describe(restored))]
     if template.is_meta:
-        return ("device", "a tensor with storage (the template is on the meta device: "
-                "materialize it first, e.g. module.to_empty(device=...))",
-                str(restored.device))
-    if template.shape != restored.shape or template.dtype != restored.dtype:
-        return ("shape or dtype", f"{tuple(template.shape)} {template.dtype}",
-                f"{tuple(restored.shape)} {restored.dtype}")
-    return None
+        return [("device", "a tensor with storage (the template is on the meta device: "
+                 "materialize it first, e.g. module.to_empty(device=...))",
+                 str(restored.device))]
+    problems = []
+    if template.shape != restored.shape:
+        problems.append(("shape", str(tuple(template.shape)), str(tuple(restored.shape))))
+    if template.dtype != restored.dtype:
+        problems.append(("dtype", str(template.dtype), str(restored.dtype)))
+    return problems
 
 
 def copy_into(template: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -465,24 +470,19 @@ def structure_mismatches(obj: Any, state: Any, restored: Any) -> list[tuple[str,
 # --------------------------------------------------------- restore planning
 
 
-def spec_mismatch(template: torch.Tensor, spec: LeafSpec) -> tuple[str, str, str] | None:
-    """Why the checkpoint leaf ``spec`` cannot fill ``template``, or None."""
+def spec_mismatches(template: torch.Tensor, spec: LeafSpec) -> list[tuple[str, str, str]]:
+    """Why the checkpoint leaf ``spec`` cannot fill ``template`` (empty when it can)."""
     if spec.kind != KIND:
-        return ("type", describe(template), describe(spec))
+        return [("type", describe(template), describe(spec))]
     if template.is_meta:
-        return ("device", "a tensor with storage (the template is on the meta device: "
-                "materialize it first, e.g. module.to_empty(device=...))", "a stored tensor")
-    name = spec.extra.get("dtype")
-    shape_differs = tuple(template.shape) != spec.shape
-    dtype_differs = _dtype_name(template.dtype) != name
-    if shape_differs and dtype_differs:
-        return ("shape and dtype", f"{tuple(template.shape)} {template.dtype}",
-                f"{spec.shape} torch.{name}")
-    if shape_differs:
-        return ("shape", str(tuple(template.shape)), str(spec.shape))
-    if dtype_differs:
-        return ("dtype", str(template.dtype), f"torch.{name}")
-    return None
+        return [("device", "a tensor with storage (the template is on the meta device: "
+                 "materialize it first, e.g. module.to_empty(device=...))", "a stored tensor")]
+    problems = []
+    if tuple(template.shape) != spec.shape:  # a shape and a dtype difference: both
+        problems.append(("shape", str(tuple(template.shape)), str(spec.shape)))
+    if _dtype_name(template.dtype) != spec.extra.get("dtype"):
+        problems.append(("dtype", str(template.dtype), f"torch.{spec.extra.get('dtype')}"))
+    return problems
 
 
 def destination(template: torch.Tensor, spec: LeafSpec) -> np.ndarray | None:

@@ -6,13 +6,16 @@ directory work on their own copy.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -324,6 +327,15 @@ def test_bad_input_is_one_line_and_exit_2(run_dir: Path, tmp_path: Path) -> None
         (("prune", run_dir), ("--keep-last",)),
         (("prune", run_dir, "--keep-best", "accuracy"), ("'accuracy'",)),
         (("ls", run_dir, "--mode", "max"), ("--mode", "--keep-best")),
+        # argparse's own errors are one line too, exit 2 (issue 11: exit codes)
+        (("demo", "--steps", 0, "--dir", missing), ("argument --steps", "must be >= 1, got 0",
+                                                    "ckpt demo --help")),
+        (("demo", "--save-every", "x", "--dir", missing), ("--save-every", "'x'")),
+        (("ls", run_dir, "--keep-last", 0), ("--keep-last", "must be >= 1")),
+        (("ls", run_dir, "--nope"), ("unrecognized arguments: --nope",)),
+        (("ls", run_dir, "--keep-best", "epoch"), ("--keep-best epoch", "--mode min",
+                                                   "--mode max")),
+        (("prune", run_dir, "--keep-best", "epoch"), ("--keep-best epoch",)),
     ]
     for args, names in cases:
         assert_error(run_ckpt(*args), *names)
@@ -353,3 +365,105 @@ def test_torch_leaves_show_diff_export(tmp_path: Path) -> None:
     with np.load(out) as arrays:
         assert arrays.files == ["w"]
         np.testing.assert_array_equal(arrays["w"], np.full((3, 4), 1.5, np.float32))
+
+
+# ------------------------------------------------ rough edges (issue 11)
+
+
+def test_no_arguments_prints_usage_and_exits_2() -> None:
+    result = run_ckpt()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: ckpt ") and "COMMAND" in result.stderr
+    for command in ("demo", "ls", "show", "verify", "prune", "diff", "export"):
+        assert re.search(rf"^\s+{command}\s", result.stderr, re.MULTILINE), command
+
+
+def test_every_option_with_a_value_says_its_default_in_help() -> None:
+    from ckpt.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        for group in parser._action_groups:  # a group may state one default for all
+            for action in group._group_actions:
+                if isinstance(action, argparse._HelpAction):
+                    continue
+                optional_positional = not action.option_strings and action.nargs == "?"
+                if action.option_strings or optional_positional:
+                    text = f"{action.help} {group.description}".lower()
+                    assert "default" in text, (name, action.dest, action.help)
+    demo_help = run_ckpt("demo", "--help").stdout
+    for shown in ("(default: ./ckpt-demo)", "(default: 3000)", "(default: 100)",
+                  "(default: 0)", "(default: adam)"):
+        assert shown in demo_help, shown
+    for command, shown in (("ls", "Default: the policy the newest checkpoint"),
+                           ("ls", "(default: auto)"), ("prune", "(default: 60)"),
+                           ("show", "(default: latest)"), ("verify", "(default: all)")):
+        assert shown in " ".join(run_ckpt(command, "--help").stdout.split()), (command, shown)
+
+
+def demo_command(directory: Path, *args: object) -> list[str]:
+    return [sys.executable, "-m", "ckpt.cli", "demo", "--dir", str(directory), "--no-progress",
+            *map(str, args)]
+
+
+def test_demo_runs_steps_1_to_n_and_checkpoints_every_k(tmp_path: Path) -> None:
+    result = subprocess.run(demo_command(tmp_path / "run", "--steps", 250, "--save-every", 100),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "done: 250 steps" in result.stdout
+    assert result.stdout.rstrip().endswith("checkpoints kept: 100, 200, 250")
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    assert manager.restore(100)["model"]["optimizer"]["iterations"] == 100  # 100 updates
+
+
+def test_interrupted_demo_saves_and_exits_130(tmp_path: Path) -> None:
+    child = subprocess.Popen(demo_command(tmp_path / "run", "--steps", 100_000),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().startswith("checkpoints go to")
+    deadline = time.monotonic() + 60
+    while ckpt.CheckpointManager(tmp_path / "run").latest_step() is None:  # training runs
+        assert time.monotonic() < deadline and child.poll() is None, child.stderr.read()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err  # 128 + SIGINT, the shell's convention
+    saved = int(out.split("interrupted: saved step ")[1].split(";")[0])
+    assert ckpt.CheckpointManager(tmp_path / "run").latest_step() == saved
+    assert "Traceback" not in err
+
+
+def test_keep_best_infers_the_direction_from_the_metric_name(tmp_path: Path) -> None:
+    directory = tmp_path / "acc"
+    accuracy = {1: 0.50, 2: 0.91, 3: 0.70, 4: 0.60}
+    with ckpt.CheckpointManager(directory) as manager:
+        for step, value in accuracy.items():
+            manager.save(step, {"x": step}, metrics={"val_accuracy": value, "epoch": step})
+    listed = json.loads(run_ckpt("ls", directory, "--keep-best", "val_accuracy",
+                                 "--json").stdout)
+    assert [row["kept_by"] for row in listed] == [[], ["best"], [], ["newest"]]  # the highest
+    low = json.loads(run_ckpt("ls", directory, "--keep-best", "val_accuracy", "--mode", "min",
+                              "--json").stdout)
+    assert [row["kept_by"] for row in low] == [["best"], [], [], ["newest"]]  # as asked
+    by_epoch = json.loads(run_ckpt("ls", directory, "--keep-best", "epoch", "--mode", "max",
+                                   "--json").stdout)
+    assert [row["kept_by"] for row in by_epoch] == [[], [], [], ["best"]]
+    pruned = run_ckpt("prune", directory, "--keep-best", "val_accuracy")
+    assert pruned.returncode == 0, pruned.stderr
+    assert ckpt.CheckpointManager(directory).all_steps() == [2, 4]
+
+
+def test_ls_and_prune_survive_metrics_that_cannot_rank(tmp_path: Path) -> None:
+    directory = tmp_path / "odd"
+    with ckpt.CheckpointManager(directory) as manager:
+        for step, loss in ((1, 7), (2, 0.5), (3, float("nan")), (4, 0.9)):
+            manager.save(step, {"x": step}, metrics={"loss": loss})
+    manifest = directory / "step_1" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"loss":7', '"loss":1' + "0" * 400))
+    listed = run_ckpt("ls", directory, "--keep-best", "loss")
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()[1:-1]
+    assert "loss=1" + "0" * 400 in rows[0] and "loss=NaN" in rows[2]
+    assert [row.split()[-1] for row in rows] == ["(prune)", "best", "(prune)", "newest"]
+    assert run_ckpt("prune", directory, "--keep-best", "loss").returncode == 0
+    assert ckpt.CheckpointManager(directory).all_steps() == [2, 4]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from tests.conftest import ROOT
+from tests.conftest import ROOT, rounds
 
 WRITER = r"""
 import sys, numpy as np, ckpt
@@ -140,3 +140,45 @@ def test_wait_for_new_step(tmp_path):
     assert mgr.wait_for_new_step(timeout=0.2) == 3
     assert mgr.wait_for_new_step(after=3, timeout=0.1, poll_interval=0.02) is None
     assert list(mgr.new_steps(after=1, timeout=0.1, poll_interval=0.02)) == [3]
+
+
+RACING_READER = r"""
+import sys, time, ckpt
+mgr = ckpt.CheckpointManager(sys.argv[1])
+rounds = empty_latest = empty_list = not_found = 0
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    rounds += 1
+    if mgr.latest_step() is None:
+        empty_latest += 1
+    if not mgr.all_steps():
+        empty_list += 1
+    try:
+        state = mgr.restore()
+    except ckpt.CheckpointNotFoundError:
+        not_found += 1
+    else:
+        assert state["step"] == mgr.last_restored_step, (state["step"], mgr.last_restored_step)
+print(rounds, empty_latest, empty_list, not_found)
+"""
+
+
+def test_a_reader_racing_a_keep_last_1_writer_never_sees_an_empty_directory(tmp_path):
+    """Issue 11, item 7: a listing that races the commit and the prune renames must
+    not miss both names. 30 s with CKPT_SOAK=1."""
+    seconds = rounds(5, 30)
+    writer = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(1))
+    writer.save(0, {"step": 0})  # from here on there is always a committed step
+    reader = subprocess.Popen([sys.executable, "-c", RACING_READER, str(tmp_path), str(seconds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    step = 0
+    while reader.poll() is None:
+        step += 1
+        writer.save(step, {"step": step})
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    reads, empty_latest, empty_list, not_found = map(int, out.split())
+    print(f"{reads} reader rounds against {step} saves in {seconds} s")
+    assert reads > 100 and step > 100  # both really ran
+    assert (empty_latest, empty_list, not_found) == (0, 0, 0)

@@ -29,8 +29,9 @@ def wait_until_training(child):
 
 def final_state(directory):
     mgr = ckpt.CheckpointManager(directory)
-    assert mgr.latest_step() == STEPS - 1
-    return mgr.restore(STEPS - 1)
+    # steps run 1..STEPS and the final checkpoint is step STEPS
+    assert mgr.latest_step() == STEPS
+    return mgr.restore(STEPS)
 
 
 def uninterrupted(tmp_path):
@@ -38,6 +39,8 @@ def uninterrupted(tmp_path):
     out, err = child.communicate(timeout=300)
     assert child.returncode == 0, err
     assert "resumed" not in out and f"done: {STEPS} steps" in out
+    steps = ckpt.CheckpointManager(tmp_path / "straight").all_steps()
+    assert all(step % SAVE_EVERY == 0 or step == STEPS for step in steps), steps
     return final_state(tmp_path / "straight")
 
 
@@ -52,7 +55,9 @@ def interrupted(directory, sig, rng, max_signals):
             signals += 1
         out, err = child.communicate(timeout=300)
         outputs.append(out)
-        if sig == signal.SIGTERM or child.returncode == 0:
+        if sig == signal.SIGTERM and "interrupted: saved step" in out:
+            assert child.returncode == 143, err  # 128 + SIGTERM, after saving
+        elif sig == signal.SIGTERM or child.returncode == 0:
             assert child.returncode == 0, err
         if child.returncode == 0 and f"done: {STEPS} steps" in out:
             return outputs

@@ -55,8 +55,10 @@ def interrupt(directory, rng: random.Random, signum: int) -> str:
     out, err = process.communicate(timeout=TIMEOUT)
     if signum == signal.SIGKILL:
         assert process.returncode in (0, -signal.SIGKILL), err
+    elif "preempted" in out:
+        assert process.returncode == 128 + signum, err  # 143: stopped by SIGTERM, saved
     else:
-        assert process.returncode == 0, err
+        assert process.returncode == 0, err  # the signal came after the last step
     return head + out
 
 
@@ -88,9 +90,10 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path
     # the kills really interrupted training, and later runs really resumed
     assert any("preempted" in o for o in outputs), outputs
     assert sum("resumed after step" in o for o in outputs) >= 2, outputs
-    assert "resumed after step" in outputs[-1] and "start 0" not in outputs[-1]
+    assert "resumed after step" in outputs[-1] and "start 1\n" not in outputs[-1]
+    assert "start 1\n" in outputs[0]  # a fresh run's first step is 1
 
-    final = STEPS - 1
+    final = STEPS  # steps run 1..STEPS
     expected = ckpt.CheckpointManager(tmp_path / "reference").restore(final)
     resumed_manager = ckpt.CheckpointManager(tmp_path / "resumed")
     actual = resumed_manager.restore(final)
@@ -99,3 +102,13 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path
     assert_tree_equal(expected, actual)
     reference_loss = ckpt.CheckpointManager(tmp_path / "reference").info(final).metrics
     assert resumed_manager.info(final).metrics == reference_loss
+
+
+def test_example_help_names_every_default() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True,
+                            text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for shown in ("run 1..N (default: 200)", "the last one (default: 20)",
+                  "samples per step (default: 32)", "torch CPU threads (default: 1)"):
+        assert shown in text, shown

@@ -1,0 +1,27 @@
+"""The README's quick start runs as printed and prints what its comments say."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import ROOT, run_python
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(heading)
+    match = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
+    assert match, heading
+    return match.group(1)
+
+
+def test_quick_start_runs_and_restores_only_steps_it_kept(tmp_path):
+    code = readme_block("## Quick start")
+    # issue 11: it restored step 500, which its own retention policy had deleted
+    script = f"import os; os.chdir({str(tmp_path)!r})\n{code}\nprint(mgr.last_restored_step)\n"
+    out = run_python(script).stdout.split("\n")
+    assert out[0] == "[400, 800, 900, 1000]"  # what the comment in the README says
+    assert out[1] == "400"
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp1").iterdir()) == [
+        ".ckpt.lock", "step_1000", "step_400", "step_800", "step_900"]
