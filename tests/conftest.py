@@ -98,3 +98,19 @@ def small_disk(tmp_path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def loader_context():
+    """A multiprocessing context for DataLoader workers that is safe beside JAX.
+
+    test_jax imports jax into the pytest process, and forking a process that runs
+    JAX's threads may deadlock; workers forked from a clean forkserver (torch
+    preloaded, so they start fast) cannot inherit them.
+    """
+    if "jax" not in sys.modules:
+        return None
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "ckpt"])
+    return context

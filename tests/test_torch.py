@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 import ckpt  # noqa: E402
 from ckpt.integrations import torch as adapter  # noqa: E402
 from ckpt.integrations.torch import ResumableSampler  # noqa: E402
-from tests.conftest import assert_tree_equal, run_python  # noqa: E402
+from tests.conftest import assert_tree_equal, loader_context, run_python  # noqa: E402
 
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")]
@@ -450,7 +450,8 @@ def make_loader(num_workers, seed=7, size=23, batch_size=4, drop_last=False):
     sampler = ResumableSampler(order)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                         drop_last=drop_last, num_workers=num_workers,
-                        generator=torch.Generator(), prefetch_factor=3 if num_workers else None)
+                        generator=torch.Generator(), prefetch_factor=3 if num_workers else None,
+                        multiprocessing_context=loader_context() if num_workers else None)
     return sampler, loader
 
 

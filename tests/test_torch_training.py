@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import ckpt  # noqa: E402
 from ckpt.integrations.torch import ResumableSampler, SeededDataset  # noqa: E402
-from tests.conftest import assert_tree_equal  # noqa: E402
+from tests.conftest import assert_tree_equal, loader_context  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -487,7 +487,8 @@ def test_augmentation_in_dataloader_workers_resumes_exactly(tmp_path):
     def loader_for(order):
         sampler = ResumableSampler(order, with_epoch=True)
         loader = DataLoader(SeededDataset(base, Noisy(), seed=5), batch_size=4, sampler=sampler,
-                            num_workers=2, generator=torch.Generator(), drop_last=True)
+                            num_workers=2, generator=torch.Generator(), drop_last=True,
+                            multiprocessing_context=loader_context())
         return sampler, loader
 
     sampler, loader = loader_for(ckpt.DataOrder(30, batch_size=4, seed=1, drop_last=True))
