@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import ckpt
+from tests.step_files import leaf_entry
 
 STEPS = (10, 20, 30, 40, 50)
 VAL_LOSS = {10: 0.5, 20: 0.2, 30: 0.4, 40: 0.3, 50: 0.6}
@@ -73,11 +74,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def run_copy(run_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run_dir, tmp_path / "copy"))
-
-
-def leaf_entry(step_dir: Path, key: list) -> dict:
-    record = json.loads((step_dir / "manifest.json").read_text())
-    return next(e for e in record["files"]["state.h5"]["leaves"] if e["path"] == key)
 
 
 # ----------------------------------------------------------------- help
