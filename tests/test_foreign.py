@@ -21,6 +21,7 @@ import pytest
 
 import ckpt
 from tests.conftest import ROOT
+from tests.integration.test_fuzz import make_keras_like
 
 TIMEOUT = 60  # seconds: far above a healthy run (< 2 s), far below "for ever"
 
@@ -93,6 +94,23 @@ def test_damaged_global_heap_of_an_attribute_ends_ckpt_show(tmp_path):
     shown = run_ckpt("show", path)  # before: spun at 100% CPU for ever
     assert_one_error_line(shown, str(path), "damaged global heap")
     assert load_in_child(path).stdout.strip() == "ok"  # load reads no root attributes
+
+
+# One flipped bit in the global heap of a Keras-style .h5 (the string attributes
+# keras_version, backend and model_config live there) sent the old, in-process
+# `ckpt show` into an endless loop: an object's size, or the collection's size, one
+# bit larger lands libhdf5's walk on zeros that read as "free space of size 0".
+KERAS_FLIPS = {"object-size": 25, "collection-size": 9}  # byte after "GCOL"; bit 0
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_FLIPS))
+def test_a_keras_file_with_one_flipped_heap_bit_ends_ckpt_show(tmp_path, name):
+    path = tmp_path / "keras.h5"
+    make_keras_like(path)
+    data = bytearray(path.read_bytes())
+    data[data.find(b"GCOL") + KERAS_FLIPS[name]] ^= 1
+    path.write_bytes(data)
+    assert_one_error_line(run_ckpt("show", path), str(path), "damaged global heap")
 
 
 def test_a_hung_reader_is_stopped_by_the_timeout(tmp_path):

@@ -70,4 +70,3 @@ def test_ckpt_show_lists_a_keras_file(keras_files):
                             str(directory / "m.weights.h5")], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "(784, 64)" in shown.stdout and "float32" in shown.stdout
-
