@@ -60,6 +60,7 @@ __all__ = [
     "raise_missing_keys",
     "validate_index",
     "is_ckpt_file",
+    "open_regular",
     "h5_name",
 ]
 
@@ -241,7 +242,9 @@ def write_state(
     """Write a state file at ``path`` (created exclusively) and fsync it.
 
     Returns the index: tree, one entry per leaf with its offset and checksum, the
-    packs, and the file's size. On any error the partial file is removed.
+    packs, plus (not stored in the index itself) the file's size ``file_nbytes``
+    and the index's checksum ``index_checksum``. On any error the partial file is
+    removed.
     """
     entries, packs, members = _plan(leaves)
     pack_buffers = []
@@ -277,11 +280,14 @@ def write_state(
                               if pack["nbytes"] else USERBLOCK)
         index_bytes = json.dumps(index, separators=(",", ":")).encode()
         index_offset = _create_empty(file, "/.ckpt/index", u8, (len(index_bytes),))
+    index_checksum = checksum(index_bytes)
     header = MAGIC + json.dumps({
         "version": VERSION, "index_offset": index_offset, "index_nbytes": len(index_bytes),
-        "index_checksum": checksum(index_bytes),
+        "index_checksum": index_checksum,
     }).encode()
+    # not part of the stored index: what a manifest records to authenticate this file
     index["file_nbytes"] = layout.size
+    index["index_checksum"] = index_checksum
 
     chunks: list[tuple[int, Any]] = [(0, header.ljust(USERBLOCK, b" "))]
     chunks += [(o, d) for o, d in layout.writes if o >= USERBLOCK]
@@ -338,17 +344,43 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 # ------------------------------------------------------------------ read
 
 
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file.
+
+    A FIFO in its place would block an ordinary open for ever and a device never
+    end: those raise :class:`CorruptCheckpointError`, as does a failing open
+    (a symlink loop, no permission). ``FileNotFoundError`` passes through.
+    """
+    path = os.fspath(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise CorruptCheckpointError(path, f"cannot open ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptCheckpointError(path, "not a regular file")
+    return fd
+
+
 def is_ckpt_file(path: str | os.PathLike[str]) -> bool:
     """True when the file starts with ckpt's header (else: plain HDF5 or other)."""
-    with open(path, "rb") as handle:
+    with open(open_regular(path), "rb") as handle:
         return handle.read(len(MAGIC)) == MAGIC
 
 
-def read_header_index(path: str | os.PathLike[str]) -> dict:
-    """Read and check the index a ckpt file's header points at."""
+def read_header_index(path: str | os.PathLike[str], *,
+                      expected_checksum: str | None = None) -> dict:
+    """Read and check the index a ckpt file's header points at.
+
+    With ``expected_checksum`` (a manifest's record of the index) the index must
+    have that checksum too, not only the one the file's own header claims.
+    """
     path = os.fspath(path)
-    with open(path, "rb") as handle:
-        head = handle.read(USERBLOCK)
+    with open(open_regular(path), "rb") as handle:
+        head = _read_or_fail(handle, USERBLOCK, path)
         size = os.fstat(handle.fileno()).st_size
         if not head.startswith(MAGIC):
             raise CorruptCheckpointError(path, "not a ckpt state file (no ckpt header)")
@@ -366,12 +398,26 @@ def read_header_index(path: str | os.PathLike[str]) -> dict:
             raise CorruptCheckpointError(
                 path, f"index at {offset}+{nbytes} lies outside the file ({size} bytes)")
         handle.seek(offset)
-        data = handle.read(nbytes)
-    if checksum(data) != expected:
-        raise CorruptCheckpointError(path, "index checksum mismatch", key="/.ckpt/index")
+        data = _read_or_fail(handle, nbytes, path)
+    actual = checksum(data)
+    if actual != expected:
+        raise CorruptCheckpointError(path, "index checksum mismatch (the file's header says "
+                                     f"{expected[:40]}, the index is {actual})",
+                                     key="/.ckpt/index")
+    if expected_checksum is not None and actual != expected_checksum:
+        raise CorruptCheckpointError(path, "index checksum mismatch (the manifest says "
+                                     f"{expected_checksum[:40]}, the index is {actual})",
+                                     key="/.ckpt/index")
     index = parse_json(data, path)
     validate_index(index, path, size)
     return index
+
+
+def _read_or_fail(handle: Any, nbytes: int, path: str) -> bytes:
+    try:
+        return handle.read(nbytes)
+    except OSError as error:  # EIO from a bad sector
+        raise CorruptCheckpointError(path, f"cannot read ({error.strerror})") from None
 
 
 def parse_json(data: bytes, path: str) -> Any:
@@ -412,16 +458,8 @@ def read_leaves(
     total = sum(entries[n]["nbytes"] for n in big)
     total += sum(index["packs"][p]["nbytes"] for p in packs_needed)
     out: dict[int, Any] = {}
+    fd = open_regular(path)
     try:
-        # O_NONBLOCK: a FIFO in place of the file must not block us (files ignore it)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as error:  # a symlink loop, no permission, ...
-        raise CorruptCheckpointError(path, f"cannot open ({error.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CorruptCheckpointError(path, "not a regular file")
         if os.fstat(fd).st_size < index.get("file_nbytes", 0):
             raise CorruptCheckpointError(
                 path, f"file is truncated: {os.fstat(fd).st_size} bytes, "
@@ -554,7 +592,11 @@ def _pread_all(fd: int, buffer: np.ndarray, offset: int, path: str, key: str,
     view = memoryview(buffer).cast("B")
     done = 0
     while done < len(view):
-        count = os.preadv(fd, [view[done:done + IO_CHUNK]], offset + done)
+        try:
+            count = os.preadv(fd, [view[done:done + IO_CHUNK]], offset + done)
+        except OSError as error:  # EIO from a bad sector
+            raise CorruptCheckpointError(path, f"cannot read ({error.strerror})",
+                                         key=key) from None
         if count == 0:
             raise CorruptCheckpointError(path, "file ends before this leaf's data", key=key)
         done += count

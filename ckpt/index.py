@@ -26,7 +26,7 @@ from ckpt.tree import (
     keystr,
 )
 
-__all__ = ["FORMAT", "VERSION", "USERBLOCK", "validate_index"]
+__all__ = ["FORMAT", "VERSION", "USERBLOCK", "validate_index", "plain_dtype"]
 
 FORMAT = "ckpt"
 VERSION = 1
@@ -139,15 +139,23 @@ def _validate(index: Any, file_size: int | None) -> None:
     _check_tree(index["tree"], len(entries))
 
 
-def _dtype(value: Any, key: str) -> np.dtype:
+def plain_dtype(value: Any) -> np.dtype | None:
+    """The dtype ``value`` spells as ``np.dtype.str`` does, if a leaf may have it, else None."""
     if type(value) is str and _DTYPE.fullmatch(value):
         try:
             dtype = np.dtype(value)
         except (TypeError, ValueError, OverflowError):
-            dtype = None
-        if dtype is not None and dtype.str == value and dtype.itemsize > 0:
+            return None
+        if dtype.str == value and dtype.itemsize > 0:
             return dtype
-    raise _Invalid(f"unsupported dtype {str(value)[:50]!r}", key)
+    return None
+
+
+def _dtype(value: Any, key: str) -> np.dtype:
+    dtype = plain_dtype(value)
+    if dtype is None:
+        raise _Invalid(f"unsupported dtype {str(value)[:50]!r}", key)
+    return dtype
 
 
 def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:

@@ -8,18 +8,15 @@ diffing or exporting a large checkpoint holds at most one large leaf at a time
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from ckpt import fsutil, h5format, keras_archive, manifest
-from ckpt import index as index_check
+from ckpt import foreign, fsutil, h5format, keras_archive, manifest
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ckpt.manager import CheckpointManager
@@ -304,38 +301,47 @@ def describe(path: str | os.PathLike[str], step: int | None = None) -> Descripti
 
 
 def describe_step(directory: str | os.PathLike[str], step: int | None = None) -> Description:
-    """The tree, metrics and metadata of one step, from its manifest alone."""
+    """The tree, metrics and metadata of one step (its index, not its data, is read)."""
     directory = checkpoint_dir(directory)
     step = latest_step(directory) if step is None else step
     step_dir = _step_dir(directory, step)
     record = _read_manifest(step_dir, step)
-    index = record["files"][manifest.DATA_NAME]
-    index_check.validate_index(index, os.path.join(step_dir, manifest.MANIFEST_NAME), None)
+    try:
+        _, index = manifest.open_data(step_dir, step, record)
+    except CorruptCheckpointError as error:
+        raise error.for_step(step) from None
     return Description(source=step_dir, format="ckpt-step", leaves=_leaf_rows(index),
                        nbytes=_disk_size(step_dir), step=step, time=float(record["time"]),
                        metrics=dict(record["metrics"]), metadata=record.get("metadata"))
 
 
 def describe_file(path: str | os.PathLike[str]) -> Description:
-    """The leaves of a ``ckpt.save`` file, or the datasets of any other HDF5 file."""
+    """The leaves of a ``ckpt.save`` file, or the datasets of any other HDF5 file.
+
+    Other HDF5 files are walked in a child process (:mod:`ckpt.foreign`), the same
+    walk ``ckpt.load`` does, so ``show`` lists what ``load`` returns.
+    """
     path = os.fspath(path)
-    size = os.stat(path).st_size
     if h5format.is_ckpt_file(path):
         index = h5format.read_header_index(path)
         return Description(source=path, format="ckpt-file", leaves=_leaf_rows(index),
-                           nbytes=size, metadata=index.get("metadata"))
+                           nbytes=os.stat(path).st_size, metadata=index.get("metadata"))
     if keras_archive.is_keras_archive(path):
-        return _describe_keras_archive(path, size)
-    if not h5py.is_hdf5(path):
-        raise CheckpointError(f"{path} is not an HDF5 file")
-    try:
-        with h5py.File(path, "r") as file:
-            rows = _dataset_rows(file)
-            attributes = {name: _jsonable(value) for name, value in file.attrs.items()}
-    except OSError as error:
-        raise CorruptCheckpointError(path, f"unreadable HDF5 file ({error})") from None
-    return Description(source=path, format="hdf5", leaves=rows, nbytes=size,
-                       metadata=attributes or None)
+        return _describe_keras_archive(path, os.stat(path).st_size)
+    leaves, attributes = _foreign_rows(path)
+    return Description(source=path, format="hdf5", leaves=leaves,
+                       nbytes=os.stat(path).st_size, metadata=attributes or None)
+
+
+def _foreign_rows(path: str, prefix: tuple = ()) -> tuple[list[LeafRow], dict[str, Any]]:
+    """The datasets of a plain HDF5 file (described in a child process) and its attributes."""
+    rows, attributes = foreign.describe(path)
+    leaves = [LeafRow(key="/".join([*prefix, row["key"]]),
+                      path=(*prefix, *row["key"].split("/")), kind=row["kind"],
+                      dtype=row["dtype"], nbytes=row["nbytes"],
+                      shape=None if row["shape"] is None else tuple(row["shape"]))
+              for row in rows]
+    return leaves, attributes
 
 
 def _describe_keras_archive(path: str, size: int) -> Description:
@@ -344,13 +350,7 @@ def _describe_keras_archive(path: str, size: int) -> Description:
     rows: list[LeafRow] = []
     with keras_archive.weights_file(path) as weights:
         if weights is not None:
-            try:
-                with h5py.File(weights, "r") as file:
-                    rows = [LeafRow(f"weights/{row.key}", ("weights", *row.path), row.kind,
-                                    row.dtype, row.shape, row.nbytes)
-                            for row in _dataset_rows(file)]
-            except OSError as error:
-                raise CorruptCheckpointError(path, f"unreadable weights ({error})") from None
+            rows, _ = _foreign_rows(weights, ("weights",))
     config = members.get("config") or {}
     metadata = {"class_name": config.get("class_name") if isinstance(config, dict) else None,
                 **(members.get("metadata") or {})}
@@ -390,42 +390,6 @@ def bits_only(entry: dict) -> bool:
         return True
 
 
-def _dataset_rows(file: h5py.File) -> list[LeafRow]:
-    """Every dataset under ``file``, found without reading any data."""
-    rows: list[LeafRow] = []
-
-    def visit(name: str, node: Any) -> None:
-        if isinstance(node, h5py.Dataset):
-            rows.append(_dataset_row(name, node))
-
-    file.visititems(visit)
-    return rows
-
-
-def _dataset_row(name: str, dataset: h5py.Dataset) -> LeafRow:
-    string = h5py.check_string_dtype(dataset.dtype)
-    dtype = "str" if string else str(dataset.dtype)
-    shape = dataset.shape
-    size = 0 if shape is None else int(np.prod(shape, dtype=np.int64))
-    return LeafRow(key=name, path=tuple(name.split("/")), kind="dataset", dtype=dtype,
-                   shape=shape, nbytes=size * dataset.dtype.itemsize)
-
-
-def _jsonable(value: Any) -> Any:
-    """An HDF5 attribute as a JSON value (bytes decoded, arrays as lists)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (np.ndarray, np.generic)):
-        return _jsonable(value.tolist())
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 # ------------------------------------------------------------- reading
 
 
@@ -434,7 +398,10 @@ def open_step(directory: str | os.PathLike[str], step: int) -> tuple[str, dict, 
     directory = Path(directory)
     step_dir = _step_dir(directory, step)
     record = _read_manifest(step_dir, step)
-    data_path, index = manifest.open_data(step_dir, step, record)
+    try:
+        data_path, index = manifest.open_data(step_dir, step, record)
+    except CorruptCheckpointError as error:
+        raise error.for_step(step) from None
     return data_path, index, record
 
 
@@ -500,7 +467,7 @@ def verify(directory: str | os.PathLike[str], step: int | None = None, *,
 
 def verify_step(directory: str | os.PathLike[str], step: int, *,
                 progress: bool | None = None) -> VerifyResult:
-    """Read every leaf of ``step`` and check its checksum, and the file's own index.
+    """Read every leaf of ``step`` and check its checksum (and the index's).
 
     Raises ``CheckpointNotFoundError`` when there is no such step; any damage is
     reported in the result.
@@ -519,12 +486,7 @@ def verify_step(directory: str | os.PathLike[str], step: int, *,
 
 
 def _verify(directory: Path, step: int, progress: bool | None) -> tuple[int, int]:
-    data_path, index, _ = open_step(directory, step)
-    header_index = h5format.read_header_index(data_path)
-    for part in ("tree", "leaves", "packs"):
-        if header_index.get(part) != index.get(part):
-            raise CorruptCheckpointError(data_path, f"the file's own index ({part}) "
-                                         "differs from the manifest's", step=step)
+    data_path, index, _ = open_step(directory, step)  # the index restore uses, checked
     total = sum(cost for _, cost in _read_groups(index))
     with progress_bar(total, f"verifying step {step}", progress) as bar:
         for _ in iter_arrays(data_path, index, bar=bar):

@@ -85,7 +85,7 @@ class CheckpointManager:
         self.save_every_seconds = save_every_seconds
         self.lock_timeout = lock_timeout
         self.progress = progress
-        self._cache: dict[int, tuple[tuple, StepInfo]] = {}
+        self._cache: dict[int, tuple[tuple, StepInfo | None]] = {}
         self._last_save_time = _monotonic_since(max((i.time for i in self.infos()),
                                                     default=None))
         self.last_restored_step: int | None = None  # which step the last restore() read
@@ -120,8 +120,12 @@ class CheckpointManager:
             return cached[1]
         try:
             info = manifest.step_info(manifest.read(step_dir, step), step_dir)
-        except (CorruptCheckpointError, FileNotFoundError):
+        except FileNotFoundError:  # pruned by a writer while we looked
             return None
+        except CorruptCheckpointError as error:
+            # not a checkpoint; said once per manifest version, not on every listing
+            log.warning("step %d is not a valid checkpoint: %s", step, error)
+            info = None
         self._cache[step] = (signature, info)
         return info
 
@@ -203,7 +207,7 @@ class CheckpointManager:
         if final.exists():  # checked again under the lock; this one fails fast (async too)
             raise StepExistsError(final, step)
         clean = manifest.clean_metrics(metrics)
-        manifest.check_metadata(metadata)
+        manifest.check_metadata(metadata, max_bytes=manifest.MAX_METADATA_BYTES)
         treedef, leaves = encode_tree(state)
         if self._writer is not None:
             self._writer.submit(step, treedef, leaves, clean, metadata)

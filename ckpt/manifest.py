@@ -2,8 +2,24 @@
 
 A step directory without a manifest that parses and names its own step is not a
 checkpoint. The manifest holds the format version, step, time, metrics, user
-metadata, library versions and, per data file, the full index (every leaf's key
-path, kind, dtype, shape, size, offset and checksum).
+metadata, the saving manager's retention policy, library versions and, per data
+file, what authenticates it.
+
+Format version 2 (written now) keeps the leaf index in one place: inside the data
+file (``/.ckpt/index``, pointed at by the file's ckpt header). The manifest records
+per data file its size in bytes and the xxh3 checksum of that index, so it still
+authenticates everything (manifest -> index -> every leaf's checksum), every
+reader (restore, ``ckpt verify``/``show``/``export``/``diff``) uses the same index
+through :func:`open_data`, and a manifest stays small whatever the state holds:
+listing a directory reads only manifests, never data files. Version 1 (read, no
+longer written) repeated the full index in the manifest; for those the manifest's
+copy is the one every reader uses.
+
+A manifest is refused unread when larger than ``MAX_MANIFEST_BYTES`` (8 MiB; user
+metadata is limited to ``MAX_METADATA_BYTES`` at save so that every manifest ckpt
+writes fits). A version-1 manifest may add the size of its ``state.h5``: its index
+grows with the number of leaves, and the same index is also stored in that file,
+so a real one is never larger.
 """
 
 from __future__ import annotations
@@ -12,7 +28,6 @@ import json
 import math
 import os
 import platform
-import stat
 from typing import Any
 
 from ckpt import h5format
@@ -20,11 +35,20 @@ from ckpt import index as index_check
 from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedTypeError
 from ckpt.policies import StepInfo
 
-__all__ = ["MANIFEST_NAME", "DATA_NAME", "build", "check_metadata", "encode", "read",
-           "open_data", "step_info", "clean_metrics"]
+__all__ = ["MANIFEST_NAME", "DATA_NAME", "VERSION", "READABLE_VERSIONS", "MAX_MANIFEST_BYTES",
+           "MAX_METADATA_BYTES", "build", "check_metadata", "encode", "read", "open_data",
+           "step_info", "clean_metrics"]
 
 MANIFEST_NAME = "manifest.json"
 DATA_NAME = "state.h5"
+VERSION = 2  # of the step format; the state file's own index format is index.VERSION
+READABLE_VERSIONS = (1, 2)
+MAX_MANIFEST_BYTES = 8 * 1024**2
+MAX_METADATA_BYTES = 4 * 1024**2
+# a manifest ckpt wrote starts like this (json.dumps keeps build()'s key order)
+_V1_PREFIX = b'{"format":"ckpt","version":1,'
+# datetime (and so every tool that shows a time) ends with the year 9999
+MAX_TIME = 253402300799.0
 
 
 # JSON has no NaN or infinity; these are the tokens Python's json would have written,
@@ -96,50 +120,73 @@ def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict,
           retention: list | None = None) -> dict:
     """The manifest of one step whose single data file has ``index``.
 
-    ``retention`` describes the saving manager's policy (``policies.to_spec``).
+    ``index`` is what :func:`h5format.write_state` returned (with ``file_nbytes``
+    and ``index_checksum``); ``retention`` describes the saving manager's policy
+    (``policies.to_spec``).
     """
-    file_index = {k: v for k, v in index.items() if k != "metadata"}
-    return {"format": index_check.FORMAT, "version": index_check.VERSION, "step": step,
+    data_file = {"nbytes": index["file_nbytes"], "index_checksum": index["index_checksum"]}
+    return {"format": index_check.FORMAT, "version": VERSION, "step": step,
             "time": saved_at, "metrics": metrics, "metadata": metadata,
-            "retention": retention, "versions": _versions(), "files": {DATA_NAME: file_index}}
+            "retention": retention, "versions": _versions(), "files": {DATA_NAME: data_file}}
 
 
-def check_metadata(metadata: Any) -> None:
-    """Refuse user metadata that JSON cannot hold, before any work is done."""
+def check_metadata(metadata: Any, *, max_bytes: int | None = None) -> None:
+    """Refuse user metadata that JSON cannot hold (or, with ``max_bytes``, that is
+    larger than that as JSON), before any work is done."""
     try:
-        json.dumps(metadata)
+        text = json.dumps(metadata, separators=(",", ":"))
     except (TypeError, ValueError) as error:
         raise UnsupportedTypeError("metadata", type(metadata).__name__,
                                    f"metadata must be JSON-serializable ({error})") from None
+    if max_bytes is not None and len(text) > max_bytes:
+        raise UnsupportedTypeError("metadata", type(metadata).__name__,
+                                   f"metadata is {len(text)} bytes as JSON; a checkpoint "
+                                   f"holds at most {max_bytes} (store large data in the state)")
 
 
 def encode(manifest: dict) -> bytes:
     """Serialize a manifest (its metadata passed :func:`check_metadata` already)."""
-    return json.dumps(manifest, separators=(",", ":")).encode()
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    if len(data) > MAX_MANIFEST_BYTES:  # readers would refuse it: refuse it here
+        raise UnsupportedTypeError("metrics", "dict", f"the manifest would be {len(data)} "
+                                   f"bytes; at most {MAX_MANIFEST_BYTES} are read back")
+    return data
 
 
 def read(step_dir: str, step: int) -> dict:
     """Read and check the manifest of ``step_dir``; raises ``CorruptCheckpointError``.
 
     ``FileNotFoundError`` passes through when the whole directory is gone (pruned
-    by a writer while we looked).
+    by a writer while we looked). Only the manifest is read (data files are at most
+    stat'ed), and one larger than its limit is refused before it is read.
     """
     path = os.path.join(step_dir, MANIFEST_NAME)
     try:
-        # O_NONBLOCK: a FIFO in its place must not block us (regular files ignore it)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = h5format.open_regular(path)
     except FileNotFoundError:
         if not os.path.isdir(step_dir):
             raise
         raise CorruptCheckpointError(path, "manifest is missing", step=step) from None
-    except OSError as error:  # a symlink loop, no permission, ...
-        raise CorruptCheckpointError(path, f"cannot open the manifest ({error.strerror})",
-                                     step=step) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, FIFO, device...
-        os.close(fd)
-        raise CorruptCheckpointError(path, "manifest is not a regular file", step=step)
+    except CorruptCheckpointError as error:
+        raise CorruptCheckpointError(path, f"manifest: {error.reason}", step=step) from None
     with open(fd, "rb") as handle:
-        data = handle.read()
+        try:
+            size = os.fstat(fd).st_size
+            head = handle.read(len(_V1_PREFIX))
+            limit = MAX_MANIFEST_BYTES + (_data_size(step_dir) if head == _V1_PREFIX else 0)
+            if size > limit:
+                raise CorruptCheckpointError(path, f"manifest is {size} bytes, larger than a "
+                                             f"manifest can be ({limit}); not read",
+                                             step=step)
+            # one byte past the size it had: a file growing under us is caught below,
+            # and no buffer of the whole limit is allocated for a small manifest
+            data = head + handle.read(min(size, limit) + 1 - len(head))
+        except OSError as error:  # EIO from a bad sector
+            raise CorruptCheckpointError(path, f"cannot read the manifest ({error.strerror})",
+                                         step=step) from None
+    if len(data) > limit:
+        raise CorruptCheckpointError(path, f"manifest is larger than {limit} bytes; not read",
+                                     step=step)
     manifest = h5format.parse_json(data, path)
     problem = _problem(manifest, step)
     if problem:
@@ -147,51 +194,124 @@ def read(step_dir: str, step: int) -> dict:
     return manifest
 
 
+def _data_size(step_dir: str) -> int:
+    try:
+        return os.stat(os.path.join(step_dir, DATA_NAME)).st_size
+    except OSError:
+        return 0
+
+
 def _problem(manifest: Any, step: int) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format") != index_check.FORMAT:
         return "not a ckpt manifest"
-    if manifest.get("version") != index_check.VERSION or type(manifest.get("version")) is not int:
-        return f"format version {manifest.get('version')!r} is not {index_check.VERSION}"
+    version = manifest.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        return (f"format version {str(version)[:30]} is not one this ckpt reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))})")
     if manifest.get("step") != step or type(manifest.get("step")) is not int:
-        return f"manifest is for step {manifest.get('step')!r}, not {step}"
+        return f"manifest is for step {str(manifest.get('step'))[:30]}, not {step}"
     saved_at = manifest.get("time")
-    if not isinstance(saved_at, (int, float)) or not math.isfinite(saved_at):
-        return "manifest has no valid time"
-    if not isinstance(manifest.get("metrics"), dict):
+    if (type(saved_at) not in (int, float) or not math.isfinite(saved_at)
+            or not 0 <= saved_at <= MAX_TIME):
+        return f"manifest time {str(saved_at)[:30]} is not a time between 1970 and 9999"
+    return (_metrics_problem(manifest.get("metrics"))
+            or _retention_problem(manifest.get("retention"))
+            or _files_problem(manifest.get("files"), version))
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    if not isinstance(metrics, dict):
         return "manifest metrics are not a mapping"
-    files = manifest.get("files")
+    for name, value in metrics.items():
+        if type(value) is int and abs(value) > 2**1023:  # beyond any float: cannot rank
+            return f"metric {name[:50]!r} is an int too large for a float"
+        if type(value) not in (int, float, str, bool) and value is not None:
+            return (f"metric {name[:50]!r} is a {type(value).__name__}, not a number, str, "
+                    "bool or null")
+    return None
+
+
+_POSITIVE_INT = ("n", "steps")
+
+
+def _retention_problem(retention: Any) -> str | None:
+    """The retention spec (``policies.to_spec``) is null or well formed.
+
+    Policies ckpt does not know (a user's own subclass) pass as they are; only the
+    fields of known ones are checked, so that ``from_spec`` can trust them.
+    """
+    if retention is None:
+        return None
+    if not isinstance(retention, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("policy"), str) for p in retention):
+        return "manifest retention is not a list of policies"
+    for part in retention:
+        for name in _POSITIVE_INT:
+            value = part.get(name)
+            if name in part and not (type(value) is int and 1 <= value < 2**63):
+                return f"retention {part['policy'][:30]}: {name}={str(value)[:30]} is not a " \
+                       "positive int"
+        seconds = part.get("seconds")
+        if "seconds" in part and not (type(seconds) in (int, float) and math.isfinite(seconds)
+                                      and seconds > 0):
+            return f"retention {part['policy'][:30]}: seconds={str(seconds)[:30]} is not > 0"
+        if "metric" in part and not isinstance(part["metric"], str):
+            return f"retention {part['policy'][:30]}: metric is not a str"
+        if "mode" in part and part["mode"] not in ("min", "max"):
+            return f"retention {part['policy'][:30]}: mode is not min or max"
+    return None
+
+
+def _files_problem(files: Any, version: int) -> str | None:
     if not isinstance(files, dict) or not isinstance(files.get(DATA_NAME), dict):
         return f"manifest names no {DATA_NAME}"
+    if version == 1:
+        return None  # the index it holds is checked when the data file is opened
+    record = files[DATA_NAME]
+    nbytes, expected = record.get("nbytes"), record.get("index_checksum")
+    if type(nbytes) is not int or nbytes < 0 or not isinstance(expected, str):
+        return f"manifest entry of {DATA_NAME} needs nbytes (an int) and index_checksum"
     return None
 
 
 def open_data(step_dir: str, step: int, manifest: dict) -> tuple[str, dict]:
     """``(data file path, index)`` of a step, the index checked against the file.
 
-    Raises ``CheckpointNotFoundError`` when the step directory is gone (pruned while
-    we looked) and ``CorruptCheckpointError`` when the data file is missing or
-    cannot be opened.
+    The index is the one in the data file, authenticated by the manifest (version
+    2), or the manifest's own copy (version 1). Raises ``CheckpointNotFoundError``
+    when the step directory is gone (pruned while we looked) and
+    ``CorruptCheckpointError`` when the data file is missing, cannot be opened, or
+    does not match the manifest.
     """
     data_path = os.path.join(step_dir, DATA_NAME)
     try:
-        size = os.stat(data_path).st_size
+        fd = h5format.open_regular(data_path)
     except FileNotFoundError:
         if not os.path.isdir(step_dir):
             raise CheckpointNotFoundError(step_dir, step) from None
         raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
-    except OSError as error:  # a symlink loop, no permission
-        raise CorruptCheckpointError(data_path, f"cannot open ({error.strerror})",
-                                     step=step) from None
-    index = manifest["files"][DATA_NAME]
-    index_check.validate_index(index, data_path, size)
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    record = manifest["files"][DATA_NAME]
+    if manifest["version"] == 1:
+        index_check.validate_index(record, data_path, size)
+        return data_path, record
+    if size != record["nbytes"]:
+        raise CorruptCheckpointError(data_path, f"data file is {size} bytes, the manifest "
+                                     f"says {record['nbytes']} (truncated or replaced?)",
+                                     step=step)
+    index = h5format.read_header_index(data_path, expected_checksum=record["index_checksum"])
+    index["file_nbytes"] = size
     return data_path, index
 
 
 def step_info(manifest: dict, step_dir: str) -> StepInfo:
-    """The :class:`StepInfo` a manifest describes."""
-    index = manifest["files"][DATA_NAME]
-    nbytes = index.get("file_nbytes", 0)
+    """The :class:`StepInfo` a manifest describes (from the manifest alone)."""
+    record = manifest["files"][DATA_NAME]
+    nbytes = record.get("nbytes" if manifest["version"] >= 2 else "file_nbytes", 0)
     return StepInfo(step=manifest["step"], time=float(manifest["time"]),
                     metrics=dict(manifest["metrics"]), path=step_dir,
-                    nbytes=nbytes if isinstance(nbytes, int) else 0,
+                    nbytes=nbytes if type(nbytes) is int else 0,
                     metadata=manifest.get("metadata"))

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 import ckpt
 from ckpt.h5format import PACK_THRESHOLD
 from tests.conftest import ROOT, assert_tree_equal
+from tests.step_files import edit_index, leaf_entry, read_index
 from tests.test_tree import trees
 
 
@@ -176,13 +177,8 @@ def test_keys_reads_only_the_named_subtree_from_disk(tmp_path):
 # ------------------------------------------------------------ corruption
 
 
-def leaf_entry(step_dir, name):
-    manifest = json.loads((step_dir / "manifest.json").read_text())
-    return next(e for e in manifest["files"]["state.h5"]["leaves"] if e["path"] == [name])
-
-
 def flip_byte_in_leaf(step_dir, name):
-    entry = leaf_entry(step_dir, name)
+    entry = leaf_entry(step_dir, [name])
     assert entry["nbytes"] >= PACK_THRESHOLD, "test needs a dataset leaf"
     with open(step_dir / "state.h5", "r+b") as handle:
         handle.seek(entry["offset"] + entry["nbytes"] // 2)
@@ -220,8 +216,7 @@ def test_flipped_byte_in_array_data(tmp_path):
 
 def test_flipped_byte_in_packed_small_leaves(tmp_path):
     mgr = three_steps(tmp_path)
-    manifest = json.loads((tmp_path / "step_3" / "manifest.json").read_text())
-    pack = manifest["files"]["state.h5"]["packs"][0]
+    pack = read_index(tmp_path / "step_3")["packs"][0]
     with open(tmp_path / "step_3" / "state.h5", "r+b") as handle:
         handle.seek(pack["offset"])
         handle.write(b"\xff")
@@ -262,10 +257,8 @@ def test_missing_or_damaged_manifest(tmp_path, damage):
         path.write_text(text.replace('"step":3', '"step":2'))
     elif damage == "truncated_json":
         path.write_text(text[: len(text) // 2])
-    else:
-        manifest = json.loads(text)
-        manifest["files"]["state.h5"]["leaves"][0]["offset"] = 10**12
-        path.write_text(json.dumps(manifest))
+    else:  # consistently: the manifest vouches for the edited index
+        edit_index(tmp_path / "step_3", lambda index: index["leaves"][0].update(offset=10**12))
     if damage != "bad_offset":
         assert mgr.all_steps() == [1, 2]  # without a valid manifest it is no checkpoint
     state, messages = restore_latest_warning(mgr)
