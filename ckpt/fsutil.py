@@ -36,11 +36,17 @@ __all__ = [
     "step_dir_name",
     "parse_step_dir",
     "step_dirs",
+    "RESCANS",
 ]
 
 log = logging.getLogger("ckpt")
 
 LOCK_NAME = ".ckpt.lock"
+
+# How often a reader lists the directory again after a step vanished under it. Each
+# rescan follows a prune, which follows a newer commit, so one is nearly always
+# enough; the bound only stops a reader from spinning if something else deletes.
+RESCANS = 100
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"

@@ -278,7 +278,7 @@ def write_state(
             # HDF5 gives an empty dataset no address: nothing to read there anyway
             pack["offset"] = (_create_empty(file, pack["h5"], u8, (pack["nbytes"],))
                               if pack["nbytes"] else USERBLOCK)
-        index_bytes = json.dumps(index, separators=(",", ":")).encode()
+        index_bytes = json.dumps(index, separators=(",", ":"), allow_nan=False).encode()
         index_offset = _create_empty(file, "/.ckpt/index", u8, (len(index_bytes),))
     index_checksum = checksum(index_bytes)
     header = MAGIC + json.dumps({

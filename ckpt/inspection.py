@@ -166,15 +166,26 @@ def _step_dir(directory: Path, step: int) -> str:
 
 
 def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
-    """Valid checkpoints, and ``{step: reason}`` for step directories that are not."""
-    infos, damaged = [], {}
-    for step, path in fsutil.step_dirs(directory).items():
-        try:
-            infos.append(manifest.step_info(manifest.read(path, step), path))
-        except CorruptCheckpointError as error:
-            damaged[step] = error.reason
-        except FileNotFoundError:
-            pass  # deleted by a writer while we looked
+    """Valid checkpoints, and ``{step: reason}`` for step directories that are not.
+
+    As ``CheckpointManager.infos``: a step pruned between the listing and the read
+    means a newer one was committed meanwhile, so the directory is listed again
+    (``ckpt ls`` next to a ``KeepLast(1)`` writer never shows an empty directory).
+    """
+    for _ in range(fsutil.RESCANS):
+        infos, damaged, vanished = [], {}, False
+        for step, path in fsutil.step_dirs(directory).items():
+            try:
+                infos.append(manifest.step_info(manifest.read(path, step), path))
+            except CorruptCheckpointError as error:
+                if os.path.lexists(path):
+                    damaged[step] = error.reason
+                else:
+                    vanished = True
+            except FileNotFoundError:
+                vanished = True  # pruned by a writer while we looked
+        if not vanished:
+            break
     return infos, damaged
 
 

@@ -137,7 +137,7 @@ class CheckpointManager:
         prune renames), so the directory is listed again: a reader racing a
         ``KeepLast(1)`` writer never sees an empty directory (issue 11, item 7).
         """
-        for _ in range(_RESCANS):
+        for _ in range(fsutil.RESCANS):
             out, vanished = [], False
             for step, step_dir in self._step_dirs().items():
                 info = self._info(step, step_dir)
@@ -360,7 +360,7 @@ class CheckpointManager:
         if step is not None:
             return self._restore_step(_as_step(step), into, keys, strict, verify, device)
         skipped, tried = [], set()
-        for _ in range(_RESCANS):
+        for _ in range(fsutil.RESCANS):
             candidates = [s for s in sorted(self._step_dirs(), reverse=True) if s not in tried]
             vanished = False
             for candidate in candidates:
@@ -474,12 +474,6 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"CheckpointManager({str(self.directory)!r}, keep={self.keep!r})"
-
-
-# How often a reader lists the directory again after a step vanished under it. Each
-# rescan follows a prune, which follows a newer commit, so one is nearly always
-# enough; the bound only stops a reader from spinning if something else deletes.
-_RESCANS = 100
 
 
 def _as_step(step: object) -> int:

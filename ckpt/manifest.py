@@ -134,8 +134,13 @@ def check_metadata(metadata: Any, *, max_bytes: int | None = None) -> None:
     """Refuse user metadata that JSON cannot hold (or, with ``max_bytes``, that is
     larger than that as JSON), before any work is done."""
     try:
-        text = json.dumps(metadata, separators=(",", ":"))
+        text = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
+        where = _non_finite_path(metadata, "metadata")
+        if where is not None:  # Python's json would write NaN/Infinity: not JSON
+            raise UnsupportedTypeError(where, "float", "metadata must be valid JSON, which "
+                                       "has no NaN or infinity (pass such values as metrics, "
+                                       "which store them as strings)") from None
         raise UnsupportedTypeError("metadata", type(metadata).__name__,
                                    f"metadata must be JSON-serializable ({error})") from None
     if max_bytes is not None and len(text) > max_bytes:
@@ -144,9 +149,28 @@ def check_metadata(metadata: Any, *, max_bytes: int | None = None) -> None:
                                    f"holds at most {max_bytes} (store large data in the state)")
 
 
+def _non_finite_path(value: Any, path: str, depth: int = 0) -> str | None:
+    """The key path of the first NaN or infinite float in JSON-like ``value``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if depth > 100:  # json.dumps refuses deeper nesting itself
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_path(item, f"{path}/{key}", depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def encode(manifest: dict) -> bytes:
     """Serialize a manifest (its metadata passed :func:`check_metadata` already)."""
-    data = json.dumps(manifest, separators=(",", ":")).encode()
+    data = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
     if len(data) > MAX_MANIFEST_BYTES:  # readers would refuse it: refuse it here
         raise UnsupportedTypeError("metrics", "dict", f"the manifest would be {len(data)} "
                                    f"bytes; at most {MAX_MANIFEST_BYTES} are read back")

@@ -352,6 +352,24 @@ def test_non_finite_metrics_are_stored_as_valid_json_and_never_ranked(tmp_path):
     assert mgr.info(7).metrics["loss"] == "-Infinity" and mgr.best_step() == 2
 
 
+@pytest.mark.parametrize("metadata, where", [({"loss": float("nan")}, "metadata/loss"),
+                                             ({"runs": [1.0, float("inf")]}, "metadata/runs/1"),
+                                             ({"a": {"b": -np.inf}}, "metadata/a/b")])
+def test_non_finite_metadata_is_refused_naming_the_key_and_nothing_is_written(
+        tmp_path, metadata, where):
+    """Issue 11, item 10: metadata NaN/Infinity used to be written as non-JSON tokens."""
+    mgr = ckpt.CheckpointManager(tmp_path)
+    with pytest.raises(ckpt.UnsupportedTypeError, match=f"{where}: .*no NaN or infinity"):
+        mgr.save(1, {"x": 1}, metadata=metadata, force=True)
+    assert mgr.all_steps() == [] and not list(tmp_path.glob("step_*"))
+    with pytest.raises(ckpt.UnsupportedTypeError, match=where):
+        ckpt.save(tmp_path / "one.ckpt", {"x": 1}, metadata=metadata)
+    assert not (tmp_path / "one.ckpt").exists()
+    mgr.save(2, {"x": 1}, metadata={"loss": "NaN", "ok": 1.5}, force=True)  # as strings: fine
+    assert strict_json((tmp_path / "step_2" / "manifest.json").read_text())["metadata"] == {
+        "loss": "NaN", "ok": 1.5}
+
+
 @pytest.mark.parametrize("value, shown", [(np.ones(3), "shape (3,)"),
                                           (np.ones((1, 1)), "shape (1, 1)"),
                                           ([0.1, 0.2], "number, str, bool or None"),

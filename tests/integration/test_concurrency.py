@@ -144,6 +144,7 @@ def test_wait_for_new_step(tmp_path):
 
 RACING_READER = r"""
 import sys, time, ckpt
+from ckpt import inspection
 mgr = ckpt.CheckpointManager(sys.argv[1])
 rounds = empty_latest = empty_list = not_found = 0
 deadline = time.monotonic() + float(sys.argv[2])
@@ -153,6 +154,13 @@ while time.monotonic() < deadline:
         empty_latest += 1
     if not mgr.all_steps():
         empty_list += 1
+    # what `ckpt ls` and `ckpt show DIR` list (no manager, no cache)
+    if not [row for row in inspection.list_steps(sys.argv[1]) if row.error is None]:
+        empty_list += 1
+    try:
+        inspection.latest_step(sys.argv[1])
+    except ckpt.CheckpointNotFoundError:
+        empty_latest += 1
     try:
         state = mgr.restore()
     except ckpt.CheckpointNotFoundError:
