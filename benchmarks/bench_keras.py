@@ -25,7 +25,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ckpt  # noqa: E402
-from ckpt.integrations._keras_saving import fill_model  # noqa: E402
 
 
 def make_model(million_params: int) -> keras.Model:
@@ -65,6 +64,14 @@ def report(title: str, medians: dict[str, float], baselines: dict[str, str]) -> 
         print(f"{name:34} {seconds:9.3f} {seconds / medians[baselines[name]]:10.2f}x")
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def bench_keras(directory: Path, million_params: int, runs: int) -> None:
     model = make_model(million_params)
     nbytes = sum(np.prod(v.shape) * 4 for v in model.variables + model.optimizer.variables)
@@ -72,19 +79,28 @@ def bench_keras(directory: Path, million_params: int, runs: int) -> None:
     ckpt_file = directory / "m.h5"
     model.save_weights(weights_file)
     ckpt.save(ckpt_file, {"model": model})
+    mgr = ckpt.CheckpointManager(directory / "mgr", keep=ckpt.KeepLast(1))
+    steps = iter(range(1, 10**6))
+    mgr.save(next(steps), {"model": model}, force=True)
 
-    def ckpt_restore() -> None:
-        fill_model(model, ckpt.load(ckpt_file)["model"], str(ckpt_file))
+    def save_weights_fsync() -> None:
+        # what ckpt promises on top: the bytes on disk before save() returns
+        model.save_weights(weights_file)
+        _fsync(weights_file)
 
     medians = rotate({
         "keras save_weights": lambda: model.save_weights(weights_file),
+        "keras save_weights + fsync": save_weights_fsync,
         "ckpt.save": lambda: ckpt.save(ckpt_file, {"model": model}),
+        "CheckpointManager.save": lambda: mgr.save(next(steps), {"model": model}, force=True),
         "keras load_weights": lambda: model.load_weights(weights_file),
-        "ckpt.load + restore into model": ckpt_restore,
+        "ckpt.load(into=model)": lambda: ckpt.load(ckpt_file, into={"model": model}),
+        "CheckpointManager.restore(into=)": lambda: mgr.restore(into={"model": model}),
     }, runs)
-    base = {"keras save_weights": "keras save_weights", "ckpt.save": "keras save_weights",
-            "keras load_weights": "keras load_weights",
-            "ckpt.load + restore into model": "keras load_weights"}
+    base = {name: "keras save_weights" for name in medians}
+    base.update({name: "keras load_weights" for name in
+                 ("keras load_weights", "ckpt.load(into=model)",
+                  "CheckpointManager.restore(into=)")})
     report(f"Keras ({keras.backend.backend()} backend): {nbytes / 2**20:.0f} MiB of weights "
            f"and Adam slots, median of {runs}", medians, base)
 

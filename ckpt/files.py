@@ -21,6 +21,7 @@ from ckpt.errors import (
     CorruptCheckpointError,
     SaveError,
 )
+from ckpt.restore import restore_into
 from ckpt.tree import encode_tree, normalize_keys
 
 __all__ = ["save", "load", "load_metadata"]
@@ -53,15 +54,24 @@ def save(path: str | os.PathLike[str], tree: Any, *, metadata: Any = None,
 
 
 def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
-         device: Any = None, progress: bool | None = None) -> Any:
+         device: Any = None, progress: bool | None = None, into: Any = None,
+         strict: bool = True) -> Any:
     """Read the tree in ``path`` (a ckpt file, or any plain HDF5 file).
 
     ``keys`` reads only the named subtrees from disk: a top-level key, a tuple key
     path such as ``("opt", "state")``, or a list of those. Checksums are verified
     unless ``verify=False``. ``device`` places torch tensors (default: CPU).
+    ``into`` restores a ckpt file into live objects (models, optimizers, arrays)
+    exactly as ``CheckpointManager.restore(into=)`` does, and returns ``into``.
     """
     path = os.fspath(path)
     _check_file(path)
+    if into is not None:
+        if not h5format.is_ckpt_file(path):
+            raise CheckpointError(f"{path}: load(into=) needs a file ckpt.save wrote; "
+                                  "read this one with load(path) and assign what you need")
+        return restore_into(path, h5format.read_header_index(path), into, keys=keys,
+                            strict=strict, verify=verify, progress=progress, where=path)
     if keras_archive.is_keras_archive(path):
         return _load_keras_archive(path, keys)
     if not h5format.is_ckpt_file(path):

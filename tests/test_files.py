@@ -82,3 +82,32 @@ def test_checksums_are_verified_on_load(tmp_path):
     with pytest.raises(ckpt.CorruptCheckpointError, match="c.h5 at key big: checksum"):
         ckpt.load(path)
     assert ckpt.load(path, verify=False)["big"].shape == (100_000,)
+
+
+def test_load_into_fills_live_objects_in_place_and_refuses_a_mismatch(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ckpt.save(tmp_path / "f.ckpt", {"model": model, "opt": opt, "ema": np.arange(4.0), "n": 3})
+    fresh, ema = torch.nn.Linear(3, 2), np.zeros(4)
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    weight = fresh.weight.data_ptr()
+    out = ckpt.load(tmp_path / "f.ckpt", into={"model": fresh, "opt": fresh_opt, "ema": ema,
+                                              "n": 0})
+    assert out["n"] == 3 and out["model"] is fresh and out["ema"] is ema
+    assert torch.equal(fresh.weight, model.weight) and fresh.weight.data_ptr() == weight
+    assert np.array_equal(ema, np.arange(4.0))  # read into the template's own array
+    assert fresh_opt.state_dict()["state"][0]["step"] == 1
+    wrong = torch.nn.Linear(4, 2)
+    before = wrong.weight.detach().clone()
+    with pytest.raises(ckpt.StateMismatchError, match=r"model/weight: shape"):
+        ckpt.load(tmp_path / "f.ckpt", into={"model": wrong, "opt": fresh_opt, "ema": ema,
+                                            "n": 0})
+    assert torch.equal(wrong.weight, before)  # refused before anything was touched
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(ckpt.CheckpointError, match=r"plain.h5: load\(into=\) needs a file"):
+        ckpt.load(tmp_path / "plain.h5", into={"x": np.zeros(3)})

@@ -60,9 +60,11 @@ def build_model(metadata: Mapping[str, Any], *, compile: bool = True) -> keras.M
 def load_model(path: str | os.PathLike[str], *, compile: bool = True) -> keras.Model:
     """Rebuild the model :func:`save_model` wrote: architecture, weights, optimizer."""
     model = build_model(load_metadata(path), compile=compile)
+    if compile:  # read straight into the new model's variables (no second copy)
+        load(path, keys="model", into={"model": model})
+        return model
     restored = load(path, keys="model")
-    if not compile:
-        restored["model"].pop("optimizer", None)
+    restored["model"].pop("optimizer", None)
     fill_model(model, restored["model"], os.fspath(path))
     return model
 

@@ -30,6 +30,13 @@ def _host(variable: Any) -> Any:
         dtype = None
     if dtype is None or dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes"):
         return value  # torch and jax tensors keep their bits through their adapters
+    detach = getattr(value, "detach", None)
+    if detach is not None and getattr(value, "device", None) is not None \
+            and value.device.type == "cpu":
+        # torch backend: a view of the variable's memory, not a copy (convert_to_numpy
+        # copies); the save writes it out before training touches it again, and an
+        # async save stages its own copy
+        return detach().numpy()
     return keras.ops.convert_to_numpy(value)
 
 
