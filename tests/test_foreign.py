@@ -128,6 +128,133 @@ def test_a_hung_reader_is_stopped_by_the_timeout(tmp_path):
             del os.environ["CKPT_FOREIGN_TIMEOUT"]
 
 
+# Damage that makes h5py itself raise RuntimeError or KeyError (issue 11, item 3a).
+# The old in-process `ckpt show` caught only OSError around h5py's `visititems` and
+# `attrs.items()`, so these ended in a traceback. Each damage edits one field the
+# HDF5 format defines, found from the file's own structure (libver="earliest": a
+# version 0 superblock, version 1 object headers, groups kept as symbol tables).
+
+
+def plain_file(path: Path) -> dict[str, int]:
+    """Groups, datasets and attributes; returns the object header address of each object."""
+    with h5py.File(path, "w", libver="earliest") as f:
+        f.attrs["title"] = "plain"
+        f.attrs["epoch"] = np.int64(7)
+        f.create_group("model").attrs["units"] = np.int32(3)
+        f["model/kernel"] = np.arange(12, dtype="f4").reshape(3, 4)
+        f["model/bias"] = np.zeros(3, dtype="f4")
+        f["step"] = np.int64(5)
+    with h5py.File(path, "r") as f:
+        return {name: h5py.h5o.get_info(f[name].id).addr for name in ("/", "/model", "/step")}
+
+
+def v1_messages(data: bytes, header: int) -> list[tuple[int, int]]:
+    """``(type, offset of the body)`` of each message in the version 1 object header at
+    ``header``, continuation chunks included."""
+    assert data[header] == 1, "not a version 1 object header"
+    count, = struct.unpack_from("<H", data, header + 2)
+    chunks = [(header + 16, struct.unpack_from("<I", data, header + 8)[0])]
+    found: list[tuple[int, int]] = []
+    while chunks:
+        at, length = chunks.pop(0)
+        end = at + length
+        while at + 8 <= end and len(found) < count:
+            kind, size = struct.unpack_from("<HH", data, at)  # type, size, flags, reserved
+            found.append((kind, at + 8))
+            if kind == 0x10:  # continuation: address and length of the next chunk
+                chunks.append(struct.unpack_from("<QQ", data, at + 8))
+            at += 8 + size
+    return found
+
+
+def one_message(data: bytes, header: int, kind: int) -> int:
+    bodies = [at for k, at in v1_messages(data, header) if k == kind]
+    assert len(bodies) == 1, (kind, bodies)
+    return bodies[0]
+
+
+def root_group_btree_signature(path: Path) -> None:
+    """The signature ("TREE") of the root group's B-tree node overwritten."""
+    headers = plain_file(path)
+    data = bytearray(path.read_bytes())
+    btree, _ = struct.unpack_from("<QQ", data, one_message(data, headers["/"], 0x11))
+    assert data[btree:btree + 4] == b"TREE"  # the symbol table message: B-tree, heap
+    data[btree:btree + 4] = b"XXXX"
+    path.write_bytes(data)
+
+
+def dataset_datatype_version(path: Path) -> None:
+    """The version of /step's datatype message set to 0 (the format defines 1 to 5)."""
+    headers = plain_file(path)
+    data = bytearray(path.read_bytes())
+    at = one_message(data, headers["/step"], 0x03)
+    assert data[at] == 0x10  # version 1 (high nibble), class 0: fixed-point
+    data[at] = 0x00
+    path.write_bytes(data)
+
+
+def root_attribute_version(path: Path) -> None:
+    """The version of the root's "title" attribute message set to 0 (defined: 1 to 3)."""
+    headers = plain_file(path)
+    data = bytearray(path.read_bytes())
+    titles = [at for kind, at in v1_messages(data, headers["/"])
+              if kind == 0x0C and data[at + 8:at + 14] == b"title\0"]  # name after 8 bytes
+    assert len(titles) == 1 and data[titles[0]] == 1
+    data[titles[0]] = 0
+    path.write_bytes(data)
+
+
+def visit_all(path: Path) -> None:
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, node: None)
+
+
+def read_root_attributes(path: Path) -> None:
+    with h5py.File(path, "r") as f:
+        list(f.attrs.items())
+
+
+# damage -> what h5py raises on the damaged file, from which call, saying what
+H5PY_FAILURES = {
+    "group-btree": (root_group_btree_signature, visit_all, RuntimeError,
+                    "wrong B-tree signature"),
+    "dataset-datatype": (dataset_datatype_version, visit_all, KeyError,
+                         "bad version number for datatype message"),
+    "root-attribute": (root_attribute_version, read_root_attributes, RuntimeError,
+                       "bad version number for attribute message"),
+}
+
+
+def h5py_fails(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """The damaged file ``name``, once plain h5py has raised the expected error on it."""
+    damage, call, error, says = H5PY_FAILURES[name]
+    path = tmp_path / f"{name}.h5"
+    damage(path)
+    with pytest.raises(error, match=says) as raised:
+        call(path)
+    assert raised.type is error  # exactly that type: the path the old `ckpt show` missed
+    return path, says
+
+
+@pytest.mark.parametrize("name", ["group-btree", "dataset-datatype"])
+def test_h5py_runtime_and_key_errors_from_the_walk_end_show_and_load(tmp_path, name):
+    path, says = h5py_fails(tmp_path, name)
+    shown = run_ckpt("show", path)  # before: a RuntimeError/KeyError traceback, exit 1
+    assert_one_error_line(shown, str(path), says)
+    with pytest.raises(ckpt.CheckpointError, match=says) as raised:
+        ckpt.load(path)
+    assert str(path) in str(raised.value)
+
+
+def test_h5py_runtime_error_from_a_root_attribute_ends_show(tmp_path):
+    path, says = h5py_fails(tmp_path, "root-attribute")
+    shown = run_ckpt("show", path)  # before: a RuntimeError traceback, exit 1
+    assert_one_error_line(shown, str(path), "unreadable attribute", says)
+    tree = ckpt.load(path)  # load reads no root attributes: the data is all there
+    assert tree["model"]["kernel"].tolist() == np.arange(12, dtype="f4").reshape(3, 4).tolist()
+    assert tree["step"] == 5
+
+
 # ------------------------------------------------- what load and show see
 
 

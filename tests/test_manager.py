@@ -352,6 +352,17 @@ def test_non_finite_metrics_are_stored_as_valid_json_and_never_ranked(tmp_path):
     assert mgr.info(7).metrics["loss"] == "-Infinity" and mgr.best_step() == 2
 
 
+def test_a_kept_nan_metric_is_stored_as_the_json_string_nan(tmp_path):
+    """The test above prunes its NaN steps before reading a manifest; here one is kept."""
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(3))
+    mgr.save(1, {"x": 1}, metrics={"loss": float("nan"), "val_loss": np.float32("nan"),
+                                   "acc": 0.5})
+    assert mgr.all_steps() == [1]
+    record = strict_json((tmp_path / "step_1" / "manifest.json").read_text())
+    assert record["metrics"] == {"loss": "NaN", "val_loss": "NaN", "acc": 0.5}
+    assert np.isnan(float(record["metrics"]["val_loss"]))
+
+
 @pytest.mark.parametrize("metadata, where", [({"loss": float("nan")}, "metadata/loss"),
                                              ({"runs": [1.0, float("inf")]}, "metadata/runs/1"),
                                              ({"a": {"b": -np.inf}}, "metadata/a/b")])

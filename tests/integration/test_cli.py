@@ -413,7 +413,10 @@ def test_demo_runs_steps_1_to_n_and_checkpoints_every_k(tmp_path: Path) -> None:
     assert manager.restore(100)["model"]["optimizer"]["iterations"] == 100  # 100 updates
 
 
-def test_interrupted_demo_saves_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_interrupted_demo_saves_and_exits_128_plus_the_signal(tmp_path: Path, signum: int,
+                                                              code: int) -> None:
     child = subprocess.Popen(demo_command(tmp_path / "run", "--steps", 100_000),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline().startswith("checkpoints go to")
@@ -421,11 +424,13 @@ def test_interrupted_demo_saves_and_exits_130(tmp_path: Path) -> None:
     while ckpt.CheckpointManager(tmp_path / "run").latest_step() is None:  # training runs
         assert time.monotonic() < deadline and child.poll() is None, child.stderr.read()
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(signum)
     out, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err  # 128 + SIGINT, the shell's convention
+    assert child.returncode == code, err  # 128 + the signal, the shell's convention
     saved = int(out.split("interrupted: saved step ")[1].split(";")[0])
-    assert ckpt.CheckpointManager(tmp_path / "run").latest_step() == saved
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    assert manager.latest_step() == saved
+    assert manager.restore(saved)["model"]["optimizer"]["iterations"] == saved  # that step
     assert "Traceback" not in err
 
 
