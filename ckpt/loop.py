@@ -18,11 +18,10 @@ The last step is always saved.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ckpt._signals import StopFlag
 from ckpt.manager import CheckpointManager
 
 __all__ = ["TrainingLoop"]
@@ -54,8 +53,7 @@ class TrainingLoop:
         self.resumed_from: int | None = None  # the step a resumed run continued after
         self.last_saved: int | None = None
         self._metrics: dict[str, Any] = {}
-        self._stop_signal: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._stop = StopFlag("at the end of this step")
         self.start_step = self._resume()
 
     def _resume(self) -> int:
@@ -81,7 +79,7 @@ class TrainingLoop:
         Ctrl-C, 143 for SIGTERM), as the shell does, so that a job scheduler can tell
         a preempted run from a finished one.
         """
-        return self._stop_signal if self.preempted else None
+        return self._stop.signal if self.preempted else None
 
     @property
     def remaining(self) -> int:
@@ -93,29 +91,20 @@ class TrainingLoop:
         self._metrics.update(metrics)
 
     def __enter__(self) -> TrainingLoop:
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        if self.handle_signals:
+            self._stop.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
+        self._stop.restore()
         self.manager.wait_until_finished()
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        # only a flag: saving inside a signal handler could interrupt a save
-        self._stop_signal = signum
-        log.warning("received signal %d: saving at the end of this step, then stopping",
-                    signum)
 
     def __iter__(self) -> Iterator[int]:
         for step in range(self.start_step, self.total_steps + 1):
             self._metrics = {}
             yield step
             last = step == self.total_steps
-            stopping = self._stop_signal is not None
+            stopping = self._stop.signal is not None
             saved = self.manager.save(step, self.state, metrics=self._metrics,
                                       force=last or stopping)
             if saved:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import warnings
 from typing import Any
 
 import keras
 import numpy as np
 
+from ckpt._signals import StopFlag
 from ckpt.manager import CheckpointManager
 from ckpt.rng import RNGState
 from ckpt.sampler import DataOrder
@@ -176,8 +175,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._epoch = 0
         self._resume_epoch: tuple[int, int] | None = None  # (epoch, samples done)
         self._saved_metrics: list | None = None
-        self._stop_signal: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._stop = StopFlag("after this batch")
         self._quiet: Any = None
         self._last_saved: int | None = None
         self._restoring = False
@@ -233,9 +231,8 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Restore the newest checkpoint (if any) and set up signal handling."""
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        if self.handle_signals:
+            self._stop.install()
         self._metadata = _metadata_or_none(self.model)
         if self.manager.latest_step() is None:
             return
@@ -306,7 +303,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.step += 1
         if self.data is not None:
             self.data.order.position = self.data.position_after(batch)
-        if self._stop_signal is not None:
+        if self._stop.signal is not None:
             self._save(logs, force=True)
             self.preempted = True
             self.model.stop_training = True
@@ -327,12 +324,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         """Save the last step, restore the signal handlers, wait for a pending save."""
         if not self.preempted and self.step > 0:
             self._save(logs or getattr(self, "_logs", None), force=True)
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
+        self._stop.restore()
         self.manager.wait_until_finished()
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        # only a flag: saving inside a signal handler could interrupt a save
-        self._stop_signal = signum
-        log.warning("received signal %d: saving after this batch, then stopping", signum)
