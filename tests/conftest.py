@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,22 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
     if check and result.returncode != 0:
         raise AssertionError(f"child failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def signal_after_start(process: subprocess.Popen, rng, signum: int, timeout: float) -> str:
+    """Wait for a training example's ``start N`` line, send ``signum`` a seeded random
+    0.1-1 s later, and return all it printed; it must exit 0 (or die of SIGKILL)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("start "):
+            break
+    time.sleep(rng.uniform(0.1, 1.0))
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=timeout)
+    allowed = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)
+    assert process.returncode in allowed, err
+    return "".join(lines) + out
 
 
 def _is_tensor(value) -> bool:

@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ pytest.importorskip("jax")
 pytest.importorskip("optax")
 
 import ckpt  # noqa: E402
-from tests.conftest import ROOT, assert_tree_equal, rounds  # noqa: E402
+from tests.conftest import ROOT, assert_tree_equal, rounds, signal_after_start  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "jax_resume.py"
 STEPS = 400
@@ -32,17 +31,7 @@ def interrupt(directory, rng: random.Random, signum: int) -> str:
     """Run the example, send ``signum`` a seeded random time after training started."""
     process = subprocess.Popen(command(directory), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("start "):
-            break
-    time.sleep(rng.uniform(0.1, 1.0))
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=TIMEOUT)
-    expected = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)
-    assert process.returncode in expected, err
-    return "".join(lines) + out
+    return signal_after_start(process, rng, signum, TIMEOUT)
 
 
 def test_killed_jax_loop_resumes_bitwise_equal_to_an_uninterrupted_run(tmp_path):

@@ -10,12 +10,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import ckpt
-from tests.conftest import ROOT, assert_tree_equal, rounds
+from tests.conftest import ROOT, assert_tree_equal, rounds, signal_after_start
 
 EXAMPLE = ROOT / "examples" / "keras_fit.py"
 EPOCHS = 8  # 64 batches each (fit lasts seconds); saves every 5 land mid-epoch
@@ -36,18 +35,7 @@ def start(directory, backend: str) -> subprocess.Popen:
 
 def interrupted_run(directory, backend: str, rng: random.Random, signum: int) -> str:
     """Start a run, send ``signum`` a random moment after fit began; its output."""
-    process = start(directory, backend)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("start "):
-            break
-    time.sleep(rng.uniform(0.1, 1.0))
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=TIMEOUT)
-    allowed = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)
-    assert process.returncode in allowed, err
-    return "".join(lines) + out
+    return signal_after_start(start(directory, backend), rng, signum, TIMEOUT)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
