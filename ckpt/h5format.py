@@ -26,13 +26,11 @@ an empty key -> ``%``).
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import mmap
 import os
 import re
-import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,11 +39,12 @@ import h5py
 import numpy as np
 import xxhash
 
-from ckpt import _failpoints
+from ckpt import storage
 from ckpt._progress import progress_bar
 from ckpt._types import KeyPath
 from ckpt.errors import CorruptCheckpointError, StateMismatchError
 from ckpt.index import FORMAT, USERBLOCK, VERSION, validate_index
+from ckpt.storage import Reader, local
 from ckpt.tree import decode_tree, keystr, leaf_paths, select
 
 __all__ = [
@@ -60,7 +59,7 @@ __all__ = [
     "raise_missing_keys",
     "validate_index",
     "is_ckpt_file",
-    "open_regular",
+    "open_reader",
     "h5_name",
 ]
 
@@ -238,8 +237,12 @@ def write_state(
     *,
     metadata: Any = None,
     progress: bool | None = None,
+    sink: Any = None,
 ) -> dict:
     """Write a state file at ``path`` (created exclusively) and fsync it.
+
+    ``sink(size, chunks, progress)``, when given, writes the file's
+    ``(offset, buffer)`` chunks instead (a storage backend's ``write_file``).
 
     Returns the index: tree, one entry per leaf with its offset and checksum, the
     packs, plus (not stored in the index itself) the file's size ``file_nbytes``
@@ -294,81 +297,26 @@ def write_state(
     chunks += [(entries[n]["offset"], _bytes_view(leaves[n][2])) for n in big]
     chunks += [(p["offset"], b) for p, b in zip(packs, pack_buffers)]
     chunks.append((index_offset, index_bytes))
-    _write_chunks(os.fspath(path), layout.size, chunks, progress)
+    if sink is None:
+        local.write_chunks(os.fspath(path), layout.size, chunks, progress)
+    else:
+        sink(layout.size, chunks, progress)
     return index
-
-
-def _write_chunks(path: str, size: int, chunks: list[tuple[int, Any]],
-                  progress: bool | None) -> None:
-    total = sum(len(memoryview(data)) for _, data in chunks)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _reserve(fd, size)
-        _failpoints.hit("data.before_write")
-        with progress_bar(total, f"saving {os.path.basename(path)}", progress) as bar:
-            for offset, data in chunks:
-                view = memoryview(data).cast("B")
-                for start in range(0, len(view), IO_CHUNK):
-                    part = view[start:start + IO_CHUNK]
-                    _pwrite_all(fd, part, offset + start)
-                    bar.update(len(part))
-        _failpoints.hit("data.after_write")
-        os.fsync(fd)
-        _failpoints.hit("data.after_fsync")
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Reserve the file's blocks so that a full disk fails here, before any data."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as error:
-        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-        os.ftruncate(fd, size)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 # ------------------------------------------------------------------ read
 
 
-def open_regular(path: str | os.PathLike[str]) -> int:
-    """A read-only descriptor of ``path``, which must be a regular file.
-
-    A FIFO in its place would block an ordinary open for ever and a device never
-    end: those raise :class:`CorruptCheckpointError`, as does a failing open
-    (a symlink loop, no permission). ``FileNotFoundError`` passes through.
-    """
-    path = os.fspath(path)
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise CorruptCheckpointError(path, f"cannot open ({error.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CorruptCheckpointError(path, "not a regular file")
-    return fd
+def open_reader(location: str | os.PathLike[str]) -> Reader:
+    """A reader of the regular file at ``location`` (a path or URL)."""
+    location = os.fspath(location)
+    return storage.store_for(location).open(location)
 
 
 def is_ckpt_file(path: str | os.PathLike[str]) -> bool:
     """True when the file starts with ckpt's header (else: plain HDF5 or other)."""
-    with open(open_regular(path), "rb") as handle:
-        return handle.read(len(MAGIC)) == MAGIC
+    with open_reader(path) as reader:
+        return _read_or_fail(reader, 0, len(MAGIC), reader.name) == MAGIC
 
 
 def read_header_index(path: str | os.PathLike[str], *,
@@ -379,9 +327,9 @@ def read_header_index(path: str | os.PathLike[str], *,
     have that checksum too, not only the one the file's own header claims.
     """
     path = os.fspath(path)
-    with open(open_regular(path), "rb") as handle:
-        head = _read_or_fail(handle, USERBLOCK, path)
-        size = os.fstat(handle.fileno()).st_size
+    with open_reader(path) as reader:
+        head = _read_or_fail(reader, 0, USERBLOCK, path)
+        size = reader.size
         if not head.startswith(MAGIC):
             raise CorruptCheckpointError(path, "not a ckpt state file (no ckpt header)")
         try:
@@ -397,8 +345,7 @@ def read_header_index(path: str | os.PathLike[str], *,
         if not (USERBLOCK <= offset and 0 <= nbytes and offset + nbytes <= size):
             raise CorruptCheckpointError(
                 path, f"index at {offset}+{nbytes} lies outside the file ({size} bytes)")
-        handle.seek(offset)
-        data = _read_or_fail(handle, nbytes, path)
+        data = _read_or_fail(reader, offset, nbytes, path)
     actual = checksum(data)
     if actual != expected:
         raise CorruptCheckpointError(path, "index checksum mismatch (the file's header says "
@@ -413,11 +360,15 @@ def read_header_index(path: str | os.PathLike[str], *,
     return index
 
 
-def _read_or_fail(handle: Any, nbytes: int, path: str) -> bytes:
+def _read_or_fail(reader: Reader, offset: int, nbytes: int, path: str) -> bytes:
     try:
-        return handle.read(nbytes)
-    except OSError as error:  # EIO from a bad sector
-        raise CorruptCheckpointError(path, f"cannot read ({error.strerror})") from None
+        return reader.read(offset, nbytes)
+    except OSError as error:  # EIO from a bad sector, a failing object store
+        raise CorruptCheckpointError(path, f"cannot read ({_why(error)})") from None
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 def parse_json(data: bytes, path: str) -> Any:
@@ -458,49 +409,53 @@ def read_leaves(
     total = sum(entries[n]["nbytes"] for n in big)
     total += sum(index["packs"][p]["nbytes"] for p in packs_needed)
     out: dict[int, Any] = {}
-    fd = open_regular(path)
-    try:
-        if os.fstat(fd).st_size < index.get("file_nbytes", 0):
+    with open_reader(path) as reader:
+        if reader.size < index.get("file_nbytes", 0):
             raise CorruptCheckpointError(
-                path, f"file is truncated: {os.fstat(fd).st_size} bytes, "
+                path, f"file is truncated: {reader.size} bytes, "
                 f"expected {index['file_nbytes']}")
-        with progress_bar(total, f"restoring {os.path.basename(path)}", progress) as bar:
-            pack_data = {}
+        with progress_bar(total, f"restoring {storage.basename(path)}", progress) as bar:
+            # every byte range first (the backend may read them in parallel), then
+            # the checks, which name the first leaf that fails
+            pack_data = {n: np.empty(index["packs"][n]["nbytes"], dtype=np.uint8)
+                         for n in packs_needed}
+            for n in big:
+                dtype = np.dtype(entries[n]["dtype"])
+                target = into.get(n)
+                out[n] = target if target is not None else fresh_array(entries[n]["shape"],
+                                                                       dtype)
+            ranges = [(index["packs"][n]["offset"], pack_data[n], index["packs"][n]["h5"])
+                      for n in packs_needed]
+            ranges += [(entries[n]["offset"], _bytes_view(out[n]), keystr(entries[n]["path"]))
+                       for n in big]
+            _read_ranges(reader, ranges, path, bar)
             for number in packs_needed:
-                pack = index["packs"][number]
-                buffer = np.empty(pack["nbytes"], dtype=np.uint8)
-                _pread_all(fd, buffer, pack["offset"], path, pack["h5"])
-                if verify and checksum(buffer) != pack["checksum"]:
+                if verify and checksum(pack_data[number]) != index["packs"][number]["checksum"]:
                     keys = [keystr(entries[n]["path"]) for n in stored
                             if entries[n].get("pack") == number]
                     raise CorruptCheckpointError(
-                        path, f"checksum mismatch in packed small leaves {pack['h5']} "
-                        f"(holding {_few(keys)})", key=keys[0] if keys else pack["h5"])
-                pack_data[number] = buffer
-                bar.update(buffer.size)
+                        path, f"checksum mismatch in packed small leaves "
+                        f"{index['packs'][number]['h5']} (holding {_few(keys)})",
+                        key=keys[0] if keys else index["packs"][number]["h5"])
             for n in stored:
-                out[n] = _read_leaf(fd, entries[n], pack_data, into.get(n), path, verify, bar)
-    finally:
-        os.close(fd)
+                out[n] = _finish_leaf(entries[n], pack_data, out.get(n), into.get(n), path,
+                                      verify)
     for n in numbers:
         if "alias" in entries[n]:
             out[n] = _alias_view(entries[n], out[entries[n]["alias"]["of"]])
     return out
 
 
-def _read_leaf(fd: int, entry: dict, pack_data: dict, target: np.ndarray | None,
-               path: str, verify: bool, bar: Any) -> np.ndarray:
-    """One stored leaf, read into ``target`` when given (else into fresh memory)."""
-    dtype = np.dtype(entry["dtype"])
-    array = target if target is not None else fresh_array(entry["shape"], dtype)
+def _finish_leaf(entry: dict, pack_data: dict, array: np.ndarray | None,
+                 target: np.ndarray | None, path: str, verify: bool) -> np.ndarray:
+    """A stored leaf whose bytes are read: copied out of its pack, or checked."""
     if "pack" in entry:
+        dtype = np.dtype(entry["dtype"])
+        array = target if target is not None else fresh_array(entry["shape"], dtype)
         start = entry["pack_offset"]
-        raw = pack_data[entry["pack"]][start:start + entry["nbytes"]]
-        _bytes_view(array)[:] = raw
-    else:
-        _pread_all(fd, _bytes_view(array), entry["offset"], path, keystr(entry["path"]), bar)
-        if verify and checksum(_bytes_view(array)) != entry["checksum"]:
-            raise CorruptCheckpointError(path, "checksum mismatch", key=keystr(entry["path"]))
+        _bytes_view(array)[:] = pack_data[entry["pack"]][start:start + entry["nbytes"]]
+    elif verify and checksum(_bytes_view(array)) != entry["checksum"]:
+        raise CorruptCheckpointError(path, "checksum mismatch", key=keystr(entry["path"]))
     _check_content(entry, array, path)
     return array
 
@@ -587,18 +542,24 @@ def _few(keys: list[str]) -> str:
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def _pread_all(fd: int, buffer: np.ndarray, offset: int, path: str, key: str,
-               bar: Any = None) -> None:
-    view = memoryview(buffer).cast("B")
-    done = 0
-    while done < len(view):
-        try:
-            count = os.preadv(fd, [view[done:done + IO_CHUNK]], offset + done)
-        except OSError as error:  # EIO from a bad sector
-            raise CorruptCheckpointError(path, f"cannot read ({error.strerror})",
+def _read_ranges(reader: Reader, ranges: list[tuple[int, np.ndarray, str]], path: str,
+                 bar: Any) -> None:
+    """Fill each ``(offset, buffer, key)``; a short file or a failed read names the key."""
+    views = [(offset, memoryview(buffer).cast("B")) for offset, buffer, _ in ranges]
+    try:
+        reader.read_ranges([(o, v) for o, v in views if len(v)], bar.update)
+    except (EOFError, OSError) as error:
+        key = _failed_key(ranges, error)
+        if isinstance(error, EOFError):
+            raise CorruptCheckpointError(path, "file ends before this leaf's data",
                                          key=key) from None
-        if count == 0:
-            raise CorruptCheckpointError(path, "file ends before this leaf's data", key=key)
-        done += count
-        if bar is not None:
-            bar.update(count)
+        raise CorruptCheckpointError(path, f"cannot read ({_why(error)})", key=key) from None
+
+
+def _failed_key(ranges: list[tuple[int, np.ndarray, str]], error: BaseException) -> str:
+    """The key of the range a read error happened in (the first one when unknown)."""
+    at = getattr(error, "offset", None)
+    for offset, buffer, key in ranges:
+        if at is not None and offset <= at < offset + buffer.nbytes:
+            return key
+    return ranges[0][2] if ranges else "/"

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ckpt import _failpoints, fsutil, h5format, manifest
+from ckpt import _failpoints, fsutil, h5format, manifest, storage
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -65,6 +65,9 @@ class CheckpointManager:
         async_save: stage the state in memory and write it in the background.
         lock_timeout: seconds to wait for another writer; ``None`` waits for ever.
         progress: tqdm bars for long saves/restores; ``None`` = only on a terminal.
+        storage_options: for a URL ``directory`` (``s3://bucket/run``), the fsspec
+            filesystem's options (``{"endpoint_url": ...}``); without them fsspec
+            reads the usual environment variables.
     """
 
     def __init__(
@@ -77,9 +80,16 @@ class CheckpointManager:
         async_save: bool = False,
         lock_timeout: float | None = None,
         progress: bool | None = None,
+        storage_options: dict | None = None,
     ) -> None:
         save_every, save_every_seconds = check_schedule(save_every, save_every_seconds)
-        self.directory = Path(directory)
+        self.root = os.fspath(directory)
+        if storage.is_url(self.root):
+            self.root = self.root.rstrip("/")
+            self.directory: Path | str = self.root
+        else:
+            self.directory = Path(directory)
+        self.store = storage.open_store(self.root, storage_options)
         self.keep = keep if keep is not None else KeepAll()
         self.save_every = save_every
         self.save_every_seconds = save_every_seconds
@@ -99,7 +109,7 @@ class CheckpointManager:
 
     def _step_dirs(self) -> dict[int, str]:
         try:
-            return fsutil.step_dirs(self.directory)
+            return self.store.step_dirs(self.root)
         except FileNotFoundError:  # created by the first save: a reader sees no steps yet
             return {}
         except NotADirectoryError:
@@ -109,12 +119,9 @@ class CheckpointManager:
                 str(self.directory), "list the checkpoint directory", error) from None
 
     def _info(self, step: int, step_dir: str) -> StepInfo | None:
-        path = os.path.join(step_dir, manifest.MANIFEST_NAME)
-        try:
-            stat = os.stat(path)
-        except OSError:  # missing, or a symlink loop, no permission: not a checkpoint
+        signature = self.store.signature(storage.join(step_dir, manifest.MANIFEST_NAME))
+        if signature is None:  # missing, a symlink loop, no permission: not a checkpoint
             return None
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(step)
         if cached and cached[0] == signature:
             return cached[1]
@@ -143,7 +150,7 @@ class CheckpointManager:
                 info = self._info(step, step_dir)
                 if info is not None:
                     out.append(info)
-                elif not os.path.lexists(step_dir):
+                elif not self.store.committed(step_dir):
                     vanished = True
             if not vanished:
                 break
@@ -153,7 +160,7 @@ class CheckpointManager:
         """What the manifest of ``step`` says (time, metrics, metadata, size)."""
         step_dir = self._step_dirs().get(step)
         if step_dir is None:
-            raise CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
+            raise CheckpointNotFoundError(self._step_path(step), step)
         return manifest.step_info(manifest.read(step_dir, step), step_dir)
 
     def step_numbers(self) -> list[int]:
@@ -203,8 +210,8 @@ class CheckpointManager:
         step = _as_step(step)
         if not force and not self.should_save(step):
             return False
-        final = self.directory / fsutil.step_dir_name(step)
-        if final.exists():  # checked again under the lock; this one fails fast (async too)
+        final = self._step_path(step)
+        if self.store.committed(final):  # checked again under the lock; fails fast (async too)
             raise StepExistsError(final, step)
         clean = manifest.clean_metrics(metrics)
         manifest.check_metadata(metadata, max_bytes=manifest.MAX_METADATA_BYTES)
@@ -218,11 +225,11 @@ class CheckpointManager:
 
     def _commit(self, step: int, treedef: Any, leaves: list, metrics: dict,
                 metadata: Any) -> None:
-        final = self.directory / fsutil.step_dir_name(step)
+        final = self._step_path(step)
         started = time.perf_counter()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with fsutil.writer_lock(self.directory, self.lock_timeout):
+            self.store.makedirs(self.root)
+            with self.store.writer_lock(self.root, self.lock_timeout):
                 _failpoints.hit("lock.acquired")
                 self._commit_locked(final, step, treedef, leaves, metrics, metadata)
                 log.info("saved step %d to %s in %.2f s", step, final,
@@ -234,44 +241,31 @@ class CheckpointManager:
             # name the file that failed (the lock file of a read-only directory, say)
             raise SaveError.from_os_error(error.filename or final, step, error) from error
 
-    def _commit_locked(self, final: Path, step: int, treedef: Any, leaves: list,
+    def _commit_locked(self, final: str, step: int, treedef: Any, leaves: list,
                        metrics: dict, metadata: Any) -> None:
-        fsutil.remove_leftovers(self.directory)
-        if final.exists():
+        self.store.remove_leftovers(self.root)
+        if self.store.committed(final):
             raise StepExistsError(final, step)
-        tmp = self.directory / fsutil.tmp_name(final.name)
-        tmp.mkdir()
+        writer = self.store.begin_step(self.root, fsutil.step_dir_name(step))
         try:
-            _failpoints.hit("tmpdir.created")
-            record = self._write_step(tmp, step, treedef, leaves, metrics, metadata)
-            _failpoints.hit("commit.before_rename")
-            os.rename(tmp, final)
+            index = h5format.write_state(
+                storage.join(writer.location, manifest.DATA_NAME), treedef, leaves,
+                progress=self.progress,
+                sink=lambda size, chunks, progress: writer.write_file(
+                    manifest.DATA_NAME, size, chunks, progress))
+            record = manifest.build(step, time.time(), metrics, metadata, index,
+                                    retention=to_spec(self.keep))
+            writer.commit(manifest.encode(record))
         except BaseException:
-            fsutil.remove_dir(tmp)
+            writer.abort()
             raise
-        _failpoints.hit("commit.after_rename")
-        fsutil.fsync_dir(self.directory)
-        _failpoints.hit("commit.after_dir_fsync")
         # pruning lists every step next: spare it re-reading the manifest just written
-        stat = os.stat(final / manifest.MANIFEST_NAME)
-        self._cache[step] = ((stat.st_ino, stat.st_mtime_ns, stat.st_size),
-                             manifest.step_info(record, str(final)))
+        signature = self.store.signature(storage.join(final, manifest.MANIFEST_NAME))
+        if signature is not None:
+            self._cache[step] = (signature, manifest.step_info(record, final))
 
-    def _write_step(self, tmp: Path, step: int, treedef: Any, leaves: list,
-                    metrics: dict, metadata: Any) -> dict:
-        index = h5format.write_state(tmp / manifest.DATA_NAME, treedef, leaves,
-                                     progress=self.progress)
-        record = manifest.build(step, time.time(), metrics, metadata, index,
-                                retention=to_spec(self.keep))
-        _failpoints.hit("manifest.before_write")
-        with open(tmp / manifest.MANIFEST_NAME, "xb") as handle:
-            handle.write(manifest.encode(record))
-            handle.flush()
-            os.fsync(handle.fileno())
-        _failpoints.hit("manifest.after_fsync")
-        fsutil.fsync_dir(tmp)
-        _failpoints.hit("tmpdir.after_fsync")
-        return record
+    def _step_path(self, step: int) -> str:
+        return storage.join(self.root, fsutil.step_dir_name(step))
 
     def _prune(self) -> None:
         infos = self.infos()
@@ -291,14 +285,8 @@ class CheckpointManager:
                     return
 
     def _remove(self, step: int, step_dir: str) -> None:
-        trash = self.directory / fsutil.trash_name(fsutil.step_dir_name(step))
-        _failpoints.hit("prune.before_trash_rename")
-        os.rename(step_dir, trash)
-        _failpoints.hit("prune.after_trash_rename")
-        fsutil.fsync_dir(self.directory)
-        _failpoints.hit("prune.after_dir_fsync")
         self._cache.pop(step, None)
-        fsutil.remove_dir(trash)
+        self.store.remove_step(step_dir)
 
     def delete(self, step: int) -> None:
         """Delete checkpoint ``step`` (also a damaged one) under the writer lock."""
@@ -316,21 +304,19 @@ class CheckpointManager:
         self.wait_until_finished()
         step = _as_step(step)
         with self._locked_step(step, f"set step {step} aside") as step_dir:
-            target = self.directory / fsutil.aside_name(fsutil.step_dir_name(step))
-            os.rename(step_dir, target)
-            fsutil.fsync_dir(self.directory)
+            target = self.store.set_aside(step_dir, fsutil.aside_name(fsutil.step_dir_name(step)))
             self._cache.pop(step, None)
         log.warning("set step %d aside as %s", step, target)
-        return target
+        return Path(target) if self.store.local else target
 
     @contextlib.contextmanager
     def _locked_step(self, step: int, action: str) -> Iterator[str]:
         """The directory of ``step`` under the writer lock; errors name the path."""
-        missing = CheckpointNotFoundError(self.directory / fsutil.step_dir_name(step), step)
-        if not self.directory.is_dir():
+        missing = CheckpointNotFoundError(self._step_path(step), step)
+        if not self.store.isdir(self.root):
             raise missing  # taking the lock would create the directory
         try:
-            with fsutil.writer_lock(self.directory, self.lock_timeout):
+            with self.store.writer_lock(self.root, self.lock_timeout):
                 step_dir = self._step_dirs().get(step)
                 if step_dir is None:
                     raise missing
@@ -383,18 +369,18 @@ class CheckpointManager:
         if skipped:
             raise CorruptCheckpointError(self.directory, "no checkpoint verifies "
                                          f"(skipped steps {skipped})")
-        if not self.directory.is_dir():
+        if not self.store.isdir(self.root):
             raise CheckpointNotFoundError(self.directory, detail="no such directory")
         raise CheckpointNotFoundError(self.directory, detail="no checkpoints in this directory")
 
     def _restore_step(self, step: int, into: Any, keys: Any, strict: bool,
                       verify: bool, device: Any) -> Any:
-        step_dir = str(self.directory / fsutil.step_dir_name(step))
+        step_dir = self._step_path(step)
         try:
             record = manifest.read(step_dir, step)
             restored = self._read_tree(step_dir, record, keys, verify, device, into, strict)
         except FileNotFoundError as error:
-            if not os.path.isdir(step_dir):
+            if not self.store.committed(step_dir):
                 raise CheckpointNotFoundError(step_dir, step) from None
             raise CorruptCheckpointError(getattr(error, "filename", None) or step_dir,
                                          "data file is missing", step=step) from None

@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from typing import Any
 
-from ckpt import h5format
+from ckpt import h5format, storage
 from ckpt import index as index_check
-from ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedTypeError
+from ckpt.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsupportedTypeError,
+)
 from ckpt.policies import StepInfo
 
 __all__ = ["MANIFEST_NAME", "DATA_NAME", "VERSION", "READABLE_VERSIONS", "MAX_MANIFEST_BYTES",
@@ -184,19 +188,20 @@ def read(step_dir: str, step: int) -> dict:
     by a writer while we looked). Only the manifest is read (data files are at most
     stat'ed), and one larger than its limit is refused before it is read.
     """
-    path = os.path.join(step_dir, MANIFEST_NAME)
+    store = storage.store_for(step_dir)
+    path = storage.join(step_dir, MANIFEST_NAME)
     try:
-        fd = h5format.open_regular(path)
+        reader = store.open(path)
     except FileNotFoundError:
-        if not os.path.isdir(step_dir):
+        if not store.committed(step_dir):
             raise
         raise CorruptCheckpointError(path, "manifest is missing", step=step) from None
     except CorruptCheckpointError as error:
         raise CorruptCheckpointError(path, f"manifest: {error.reason}", step=step) from None
-    with open(fd, "rb") as handle:
+    with reader:
         try:
-            size = os.fstat(fd).st_size
-            head = handle.read(len(_V1_PREFIX))
+            size = reader.size
+            head = reader.read(0, len(_V1_PREFIX))
             limit = MAX_MANIFEST_BYTES + (_data_size(step_dir) if head == _V1_PREFIX else 0)
             if size > limit:
                 raise CorruptCheckpointError(path, f"manifest is {size} bytes, larger than a "
@@ -204,10 +209,10 @@ def read(step_dir: str, step: int) -> dict:
                                              step=step)
             # one byte past the size it had: a file growing under us is caught below,
             # and no buffer of the whole limit is allocated for a small manifest
-            data = head + handle.read(min(size, limit) + 1 - len(head))
-        except OSError as error:  # EIO from a bad sector
-            raise CorruptCheckpointError(path, f"cannot read the manifest ({error.strerror})",
-                                         step=step) from None
+            data = head + reader.read(len(head), min(size, limit) + 1 - len(head))
+        except OSError as error:  # EIO from a bad sector, a failing object store
+            raise CorruptCheckpointError(path, "cannot read the manifest "
+                                         f"({error.strerror or error})", step=step) from None
     if len(data) > limit:
         raise CorruptCheckpointError(path, f"manifest is larger than {limit} bytes; not read",
                                      step=step)
@@ -219,9 +224,11 @@ def read(step_dir: str, step: int) -> dict:
 
 
 def _data_size(step_dir: str) -> int:
+    path = storage.join(step_dir, DATA_NAME)
     try:
-        return os.stat(os.path.join(step_dir, DATA_NAME)).st_size
-    except OSError:
+        with storage.store_for(path).open(path) as reader:
+            return reader.size
+    except (OSError, CheckpointError):
         return 0
 
 
@@ -307,17 +314,15 @@ def open_data(step_dir: str, step: int, manifest: dict) -> tuple[str, dict]:
     ``CorruptCheckpointError`` when the data file is missing, cannot be opened, or
     does not match the manifest.
     """
-    data_path = os.path.join(step_dir, DATA_NAME)
+    store = storage.store_for(step_dir)
+    data_path = storage.join(step_dir, DATA_NAME)
     try:
-        fd = h5format.open_regular(data_path)
+        with store.open(data_path) as reader:
+            size = reader.size
     except FileNotFoundError:
-        if not os.path.isdir(step_dir):
+        if not store.committed(step_dir):
             raise CheckpointNotFoundError(step_dir, step) from None
         raise CorruptCheckpointError(data_path, "data file is missing", step=step) from None
-    try:
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
     record = manifest["files"][DATA_NAME]
     if manifest["version"] == 1:
         index_check.validate_index(record, data_path, size)
