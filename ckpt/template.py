@@ -126,7 +126,9 @@ class _Walk:
         view = self.view_of(template)
         if view is not None:  # a keras.Model, an nnx.State: through a stateful stand-in
             self.stateful(view, restored, path)
-            return template
+            # an immutable object (a flax TrainState) comes back as a new instance
+            rebuilt = None if self.planning else getattr(view, "rebuilt", None)
+            return template if rebuilt is None else rebuilt
         if is_stateful(template) and not isinstance(template, _CONTAINERS):
             return self.stateful(template, restored, path)
         if type(template) in _SPECIAL_LEAVES():
@@ -162,7 +164,10 @@ class _Walk:
             for problem in adapter.structure_mismatches(obj, state, restored):
                 self.mismatch(path, *problem)
         before = len(self.mismatches)
-        merged = self.fill(state, restored, path, lenient=not is_module)
+        # a module's keys must match, as must a view's that says so (a flax struct's
+        # fields); any other object's load_state_dict decides what it accepts
+        strict = is_module or getattr(obj, "strict", False)
+        merged = self.fill(state, restored, path, lenient=not strict)
         if self.planning:
             if is_module and len(self.mismatches) > before:
                 hint = adapter.prefix_hint(keystr(path), self.mismatches[before:])

@@ -128,3 +128,49 @@ def test_ckpt_show_lists_jax_dtypes(tmp_path, train_state):
                            capture_output=True, text=True, check=True).stdout
     assert any(line.split()[:4] == ["params/w", "jax", "bfloat16", "(4,"] for line in
                shown.splitlines()), shown
+
+
+def test_linen_train_state_round_trips_as_a_new_instance_with_the_template_static_fields(
+        tmp_path):
+    linen = pytest.importorskip("flax.linen")
+    from flax.training import train_state as flax_train_state
+
+    class Net(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(3)(linen.relu(linen.Dense(8)(x)))
+
+    net, x = Net(), jnp.ones((2, 4))
+
+    def fresh(seed):
+        return flax_train_state.TrainState.create(
+            apply_fn=net.apply, params=net.init(jax.random.key(seed), x), tx=optax.adam(1e-2))
+
+    state = fresh(0)
+    for _ in range(3):
+        grads = jax.grad(lambda p: net.apply(p, x).sum())(state.params)
+        state = state.apply_gradients(grads=grads)
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(3, {"train": state})
+    template = fresh(1)
+    restored = mgr.restore(into={"train": template})["train"]
+    assert type(restored) is type(state) and restored is not template
+    assert restored.apply_fn is template.apply_fn and restored.tx is template.tx
+    assert int(restored.step) == 3
+    for saved, back in zip(jax.tree_util.tree_leaves((state.params, state.opt_state)),
+                           jax.tree_util.tree_leaves((restored.params, restored.opt_state))):
+        assert isinstance(back, jax.Array) and back.dtype == saved.dtype
+        assert np.asarray(back).tobytes() == np.asarray(saved).tobytes()
+    # training goes on from the restored state exactly as from the saved one
+    grads = jax.grad(lambda p: net.apply(p, x).sum())(state.params)
+    assert np.array_equal(state.apply_gradients(grads=grads).params["params"]["Dense_0"]["kernel"],
+                          restored.apply_gradients(grads=grads).params["params"]["Dense_0"]["kernel"])
+    plain = mgr.restore()["train"]  # without a template: the state dict, numpy arrays
+    assert set(plain) == {"step", "params", "opt_state"} and isinstance(
+        plain["params"]["params"]["Dense_1"]["bias"], np.ndarray)
+    wider = flax_train_state.TrainState.create(
+        apply_fn=net.apply, params=jax.tree_util.tree_map(
+            lambda a: jnp.zeros((a.shape[0] + 1, *a.shape[1:]), a.dtype),
+            net.init(jax.random.key(2), x)), tx=optax.adam(1e-2))
+    with pytest.raises(ckpt.StateMismatchError, match=r"train/params/params/Dense_0/bias"):
+        mgr.restore(into={"train": wider})

@@ -14,6 +14,10 @@ What is stored
   ``optax.EmptyState``) are stored as tuples of their fields.
 * ``nnx.State`` (``nnx.state(model)``) and an ``nnx.Module`` are stored as the
   state's pure dict (``nnx.to_pure_dict(state)``): nested dicts of arrays.
+* A ``flax.struct`` dataclass flax serializes (linen's ``TrainState`` and its
+  subclasses) is stored as ``flax.serialization.to_state_dict(value)``: ``step``,
+  ``params``, ``opt_state``; its static fields (``apply_fn``, ``tx``) are code and
+  come from the template on ``restore(into=)``, which returns a new instance.
 
 What comes back
 ---------------
@@ -26,6 +30,7 @@ PRNG keys as keys; an ``nnx.State`` or ``nnx.Module`` template is updated in pla
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -67,7 +72,17 @@ def stored_form(value: Any) -> Any:
     state = _nnx_state(value)
     if state is not None:
         return sys.modules["flax.nnx"].to_pure_dict(state)
+    if _is_flax_struct(value):
+        return sys.modules["flax.serialization"].to_state_dict(value)
     return None
+
+
+def _is_flax_struct(value: Any) -> bool:
+    """A ``flax.struct`` dataclass flax can serialize (a linen ``TrainState``)."""
+    serialization = sys.modules.get("flax.serialization")
+    return (serialization is not None and dataclasses.is_dataclass(value)
+            and not isinstance(value, type)
+            and type(value) in serialization._STATE_DICT_REGISTRY)
 
 
 def _nnx_state(value: Any) -> Any:
@@ -151,11 +166,35 @@ class _NNXView:
             nnx.update(self.target, state)
 
 
+class _StructView:
+    """A ``flax.struct`` dataclass (a linen ``TrainState``) as a stateful object.
+
+    Its fields are immutable: ``load_state_dict`` builds a new instance
+    (``flax.serialization.from_state_dict``), which ``restore(into=)`` returns in the
+    template's place; ``apply_fn``, ``tx`` and other static fields come from the
+    template.
+    """
+
+    strict = True  # its fields are fixed: every key and shape must match
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.rebuilt: Any = None
+
+    def state_dict(self) -> dict:
+        return sys.modules["flax.serialization"].to_state_dict(self.target)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rebuilt = sys.modules["flax.serialization"].from_state_dict(self.target, state)
+
+
 def stateful_view(value: Any) -> Any:
-    """A stand-in for an ``nnx.State`` or ``nnx.Module`` template; None otherwise."""
-    if _nnx_state(value) is None:
-        return None
-    return _NNXView(value)
+    """A stand-in for an ``nnx.State``, ``nnx.Module`` or ``flax.struct`` template."""
+    if _nnx_state(value) is not None:
+        return _NNXView(value)
+    if _is_flax_struct(value):
+        return _StructView(value)
+    return None
 
 
 def array_adapter(value: Any) -> Any:
