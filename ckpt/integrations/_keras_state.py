@@ -37,6 +37,8 @@ def _host(variable: Any) -> Any:
         # copies); the save writes it out before training touches it again, and an
         # async save stages its own copy
         return detach().numpy()
+    if type(value).__module__.startswith(("jax", "jaxlib")):
+        return np.asarray(value)  # jax backend: the host buffer, not a copy (read-only)
     return keras.ops.convert_to_numpy(value)
 
 
