@@ -53,6 +53,9 @@ def rotate(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, fl
     for round_number in range(runs):
         for offset in range(len(names)):
             name = names[(round_number + offset) % len(names)]
+            # no variant pays for the write-back of the one before (save_weights does
+            # not fsync: its dirty pages would otherwise land on the next variant)
+            os.sync()
             times[name].append(timed(variants[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 
