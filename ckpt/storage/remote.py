@@ -4,12 +4,15 @@ An object store has no rename and no directories, so the commit works differentl
 from local disk, with the same promise to readers:
 
 * **The manifest is the commit record.** A step's data objects are uploaded first
-  under ``<root>/step_<N>/``, the manifest last, with a conditional create
-  (``If-None-Match: *`` on S3) so that two writers cannot both commit one step.
-  A step without a manifest is invisible: readers list manifests, not prefixes.
+  under ``<root>/step_<N>/``, the manifest last. Every object of a step is created
+  with a conditional create (``If-None-Match: *`` on S3, also on the completion of
+  a multipart upload), so two writers can neither both commit one step nor
+  overwrite each other's data: the second gets ``StepExistsError``. A step without
+  a manifest is invisible: readers list manifests, not prefixes.
 * **Deletion removes the manifest first**, so a step is never listed half-deleted;
   a crash in between leaves data without a manifest, which the next writer removes
-  (as it removes the data of a writer killed mid-upload).
+  (as it removes the data of a writer killed mid-upload, and aborts the multipart
+  uploads such a writer left unfinished under the prefix).
 * **Writers serialize on a lease object** ``<root>/.ckpt.lease``, created with a
   conditional create, renewed by a heartbeat while held and released after the
   save. A lease whose heartbeat stopped (its holder died) is taken over after
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -35,12 +39,14 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ckpt import fsutil
+from ckpt import _failpoints, fsutil
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CorruptCheckpointError, LockTimeoutError, StepExistsError
 from ckpt.storage import Reader, StepWriter, Store
 
 __all__ = ["FsspecStore", "LEASE_NAME", "LEASE_SECONDS", "PART_BYTES"]
+
+log = logging.getLogger("ckpt")
 
 LEASE_NAME = ".ckpt.lease"
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belongs to a dead writer
@@ -127,19 +133,26 @@ class FsspecStepWriter(StepWriter):
     def write_file(self, name: str, size: int, chunks: list[tuple[int, Any]],
                    progress: bool | None = None) -> None:
         path = self.store.path(f"{self.location}/{name}")
-        self.written.append(path)
+        self.written.append(path)  # abort() removes it, whatever failed after its creation
         with progress_bar(size, f"uploading {name}", progress) as bar:
-            self.store.upload(path, size, chunks, bar.update)
+            try:
+                self.store.upload(path, size, chunks, bar.update, create=True)
+            except FileExistsError:
+                # another writer is writing (or wrote) this step: that object is not ours
+                self.written.remove(path)
+                raise StepExistsError(self.final, _step_of(self.final)) from None
 
     def commit(self, manifest: bytes) -> None:
         path = self.store.path(f"{self.location}/{MANIFEST_NAME}")
+        _failpoints.hit("manifest.before_write")
         try:
             self.store.fs.pipe_file(path, manifest, mode="create")
         except FileExistsError:
-            # another writer committed this step first: its objects stay; ours go
-            self.abort()
+            # another writer committed this step first; the objects are its now
+            self.written.clear()
             raise StepExistsError(self.final, _step_of(self.final)) from None
         self.store.invalidate(self.final)
+        _failpoints.hit("commit.after_manifest")
 
     def abort(self) -> None:
         for path in self.written:
@@ -158,7 +171,9 @@ class FsspecStore(Store):
 
     def __init__(self, protocol: str, options: dict) -> None:
         self.protocol = protocol
-        self.fs = _filesystem(protocol, options)
+        # no listings cache: other processes write and delete under the same prefix, and
+        # a cached listing would hide their objects (fsspec answers from it without asking)
+        self.fs = _filesystem(protocol, {"use_listings_cache": False, **options})
         self._listed: dict[str, tuple] = {}  # manifest path -> signature, from listings
         self._mutex = threading.Lock()
 
@@ -252,20 +267,34 @@ class FsspecStore(Store):
     def makedirs(self, root: str) -> None:
         pass  # prefixes need no creating; a missing bucket fails at the first upload
 
-    def upload(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any) -> None:
+    def upload(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any, *,
+               create: bool = False) -> None:
         """One object of ``size`` bytes from ``(offset, buffer)`` chunks (gaps are
-        zeros): a single PUT when small, else parallel multipart parts."""
+        zeros): a single PUT when small, else parallel multipart parts.
+
+        The object appears whole or not at all (S3 makes a PUT and the completion
+        of a multipart upload atomic). ``create``: only if nothing is at ``path``
+        (``FileExistsError`` otherwise), else it replaces what is there.
+        """
+        _failpoints.hit("data.before_write")
         if size <= PART_BYTES:
-            self.fs.pipe_file(path, bytes(_assemble(chunks, 0, size)))
+            self.fs.pipe_file(path, bytes(_assemble(chunks, 0, size)),
+                              mode="create" if create else "overwrite")
             done(size)
-            return
-        if not hasattr(self.fs, "call_s3"):  # another fsspec filesystem: stream it
+        elif hasattr(self.fs, "call_s3"):
+            self._multipart(path, size, chunks, done, create)
+        else:  # another fsspec filesystem: stream it (its own atomicity, no create check)
             with self.fs.open(path, "wb") as handle:
                 for start in range(0, size, PART_BYTES):
                     part = _assemble(chunks, start, min(size, start + PART_BYTES))
                     handle.write(part)
+                    _failpoints.hit("data.part_written")
                     done(len(part))
-            return
+        self.fs.invalidate_cache(path)
+        _failpoints.hit("data.after_write")
+
+    def _multipart(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any,
+                   create: bool) -> None:
         bucket, key, _ = self.fs.split_path(path)
         upload_id = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
         starts = list(range(0, size, PART_BYTES))
@@ -275,20 +304,21 @@ class FsspecStore(Store):
             body = bytes(_assemble(chunks, start, min(size, start + PART_BYTES)))
             out = self.fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
                                   PartNumber=number + 1, Body=body)
+            _failpoints.hit("data.part_written")
             done(len(body))
             return {"PartNumber": number + 1, "ETag": out["ETag"]}
 
+        condition = {"IfNoneMatch": "*"} if create else {}
         try:
             with ThreadPoolExecutor(CONCURRENCY) as pool:
                 parts = list(pool.map(send, range(len(starts))))
             self.fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key,
-                            UploadId=upload_id, MultipartUpload={"Parts": parts})
+                            UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
                                 UploadId=upload_id)
             raise
-        self.fs.invalidate_cache(path)
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return FsspecStepWriter(self, root, name)
@@ -299,7 +329,34 @@ class FsspecStore(Store):
         for step, names in partial.items():
             self.fs.rm(names)
             removed.append(fsutil.step_dir_name(step))
+        removed += self._abort_unfinished_uploads(root)
+        if removed:
+            log.info("removed leftovers of an interrupted writer in %s: %s", root, removed)
         return removed
+
+    def _abort_unfinished_uploads(self, root: str) -> list[str]:
+        """Abort the multipart uploads a dead writer left under ``root``'s steps
+        (invisible, but S3 keeps and bills their parts until they are aborted)."""
+        if not hasattr(self.fs, "call_s3"):
+            return []
+        bucket, prefix, _ = self.fs.split_path(self.path(root))
+        prefix = f"{prefix}/" if prefix else ""
+        aborted = []
+        listing = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", **listing)
+            for upload in page.get("Uploads", []):
+                top = upload["Key"][len(prefix):].split("/", 1)[0]
+                if fsutil.parse_step_dir(top) is None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket,
+                                    Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(f"{upload['Key']} (unfinished upload)")
+            if not page.get("IsTruncated"):
+                return aborted
+            listing.update(KeyMarker=page["NextKeyMarker"],
+                           UploadIdMarker=page["NextUploadIdMarker"])
 
     def remove_step(self, location: str) -> None:
         # the manifest first: from then on no reader lists the step
@@ -307,6 +364,7 @@ class FsspecStore(Store):
         self.fs.rm_file(manifest)
         with self._mutex:
             self._listed.pop(manifest, None)
+        _failpoints.hit("prune.after_manifest_removed")
         rest = list(self._objects(location))
         if rest:
             self.fs.rm(rest)
