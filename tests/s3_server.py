@@ -3,9 +3,10 @@
 ``s3_server`` (one per session) starts ``python -m moto.server`` on 127.0.0.1 on a
 free port in a subprocess, waits until it answers HTTP and kills it at the end.
 ``s3`` (one per test) creates a fresh bucket on it. Nothing leaves the loopback
-interface: the endpoint is given explicitly, and the children the tests start get
-it (and dummy credentials) through the standard AWS environment variables, with
-the EC2 metadata lookup switched off.
+interface: the endpoint is given explicitly, and while the server runs the
+standard AWS environment variables (endpoint, dummy credentials, no EC2 metadata
+lookup) point this process and the children the tests start at it, so that even a
+URL opened without storage options reaches only the test server.
 
 Both fixtures skip when s3fs or moto (the ``test`` extra) is not installed.
 """
@@ -44,11 +45,16 @@ class S3Server:
         return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
 
     @property
+    def variables(self) -> dict[str, str]:
+        """The AWS environment variables that lead botocore (and s3fs) here."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    @property
     def env(self) -> dict[str, str]:
         """Environment of a child process (the CLI) that finds this server on its own."""
-        return {**os.environ, "AWS_ENDPOINT_URL": self.endpoint,
-                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        return {**os.environ, **self.variables}
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,10 @@ def s3_server() -> Iterator[S3Server]:
     missing = _missing()
     if missing:
         pytest.skip(f"object-store tests need {missing} (pip install -e '.[test]')")
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryFile("w+") as log, pytest.MonkeyPatch.context() as patch:
         server = start_server(log)
+        for name, value in server.variables.items():
+            patch.setenv(name, value)
         try:
             yield server
         finally:

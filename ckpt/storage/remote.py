@@ -28,6 +28,7 @@ reads (``cat_ranges``): restore reads only the byte ranges of the leaves asked f
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -61,10 +62,47 @@ def _filesystem(protocol: str, options: dict) -> Any:
     except ImportError:
         raise CheckpointError(f"{protocol}:// URLs need fsspec: pip install 'ckpt[s3]'") from None
     try:
-        return fsspec.filesystem(protocol, **options)
-    except (ImportError, ValueError) as error:
+        return _OSErrorsOnly(fsspec.filesystem(protocol, **options), protocol)
+    except (ImportError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot use {protocol}:// ({error}); for S3: "
                               "pip install 'ckpt[s3]'") from None
+
+
+class _OSErrorsOnly:
+    """An fsspec filesystem whose every failure is an ``OSError``.
+
+    s3fs turns S3's answers into ``OSError`` subclasses, but a failure to get an
+    answer (no route to the endpoint, no credentials, a bad bucket name) arrives as
+    botocore's or aiohttp's own exception. Callers (the manager, readers, the CLI)
+    handle ``OSError``; everything else would be a traceback.
+    """
+
+    def __init__(self, fs: Any, protocol: str) -> None:
+        self._fs, self._protocol = fs, protocol
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._fs, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except OSError:
+                raise
+            except Exception as error:  # noqa: BLE001 - translated, not swallowed
+                code = errno.EINVAL if isinstance(error, (ValueError, TypeError)) else errno.EIO
+                raise OSError(code, f"{type(error).__name__}: {error}",
+                              self._where(name, args, kwargs)) from error
+
+        return call
+
+    def _where(self, method: str, args: tuple, kwargs: dict) -> str | None:
+        if method == "call_s3" and "Bucket" in kwargs:
+            return f"{self._protocol}://{kwargs['Bucket']}/{kwargs.get('Key', '')}"
+        if args and isinstance(args[0], str):
+            return f"{self._protocol}://{args[0]}"
+        return None
 
 
 class FsspecReader(Reader):
@@ -168,6 +206,7 @@ class FsspecStore(Store):
     """A prefix on an fsspec filesystem (``s3://bucket/run``)."""
 
     local = False
+    lock_name = LEASE_NAME
 
     def __init__(self, protocol: str, options: dict) -> None:
         self.protocol = protocol
@@ -322,6 +361,12 @@ class FsspecStore(Store):
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return FsspecStepWriter(self, root, name)
+
+    def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
+                 progress: bool | None = None) -> None:
+        # one PUT, or one multipart upload completed at the end: atomic on S3
+        with progress_bar(size, f"uploading {location.rsplit('/', 1)[-1]}", progress) as bar:
+            self.upload(self.path(location), size, chunks, bar.update)
 
     def remove_leftovers(self, root: str) -> list[str]:
         _, partial = self._scan(root)
