@@ -22,7 +22,7 @@ import pytest
 import ckpt
 from ckpt import manifest
 from ckpt._failpoints import REMOTE_POINTS
-from ckpt.storage import remote
+from ckpt.storage import remote, transfer
 from tests.conftest import ROOT, assert_tree_equal
 from tests.integration.test_concurrency import RACING_READER
 
@@ -206,6 +206,29 @@ def test_a_damaged_object_is_refused_and_restore_falls_back(s3):
     assert mgr.last_restored_step == 1
 
 
+def test_reads_merge_nearby_ranges_and_cut_large_ones_into_pieces(monkeypatch):
+    monkeypatch.setattr(transfer, "READ_BYTES", 100)
+    monkeypatch.setattr(transfer, "MERGE_GAP", 10)
+    buffers = [memoryview(bytearray(n)) for n in (30, 5, 250, 4)]
+    ranges = [(0, buffers[0]), (35, buffers[1]), (45, buffers[2]), (1000, buffers[3])]
+    pieces = transfer.plan_reads(ranges)
+    # 0..295 in one span (gaps of 5 and 5 bytes are read through), cut at 100 and 200
+    assert [(lo, hi) for lo, hi, _ in pieces] == [(0, 100), (100, 200), (200, 295),
+                                                  (1000, 1004)]
+    assert [len(targets) for _, _, targets in pieces] == [3, 1, 1, 1]
+
+
+def test_a_restore_in_many_small_ranged_reads_is_exact(s3, monkeypatch):
+    """Pieces far smaller than the leaves: every byte lands in its buffer once."""
+    mgr = manager(s3)
+    state = {f"a{i}": np.random.default_rng(i).standard_normal(20_000 + i) for i in range(4)}
+    mgr.save(1, state)
+    monkeypatch.setattr(transfer, "READ_BYTES", 7_000)  # not a multiple of anything
+    monkeypatch.setattr(transfer, "STREAM_CHUNK", 1_000)
+    assert_tree_equal(mgr.restore(1), state)
+    assert_tree_equal(mgr.restore(1, keys=["a2"]), {"a2": state["a2"]})
+
+
 def test_a_missing_bucket_is_a_clear_error_naming_the_location(s3):
     mgr = ckpt.CheckpointManager(f"s3://{s3.name}-missing/run", storage_options=s3.options)
     assert mgr.all_steps() == []
@@ -246,8 +269,8 @@ def test_single_file_errors_on_a_url_name_the_location(s3):
 
 CHILD = r"""
 import json, sys, numpy as np, ckpt
-from ckpt.storage import remote
-remote.PART_BYTES = 5 * 2**20  # S3's smallest part: step 3 is a multipart upload of 3 parts
+from ckpt.storage import transfer
+transfer.PART_BYTES = 5 * 2**20  # S3's smallest part: step 3 is a multipart upload of 3 parts
 mgr = ckpt.CheckpointManager(sys.argv[1], storage_options=json.loads(sys.argv[2]),
                              keep=ckpt.KeepLast(2))
 for step in (1, 2, 3):
@@ -331,8 +354,8 @@ seen = []
 orig = fp.hit
 fp.hit = lambda name: (seen.append(name), orig(name))
 import ckpt
-from ckpt.storage import remote
-remote.PART_BYTES = 5 * 2**20
+from ckpt.storage import transfer
+transfer.PART_BYTES = 5 * 2**20
 mgr = ckpt.CheckpointManager(sys.argv[1], storage_options=json.loads(sys.argv[2]),
                              keep=ckpt.KeepLast(1))
 for step in (1, 2):

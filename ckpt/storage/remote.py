@@ -22,13 +22,13 @@ from local disk, with the same promise to readers:
   catches a second writer started by mistake.
 
 Large files go up as parallel multipart uploads and come back as parallel ranged
-reads (``cat_ranges``): restore reads only the byte ranges of the leaves asked for.
+reads streamed into the caller's buffers (:mod:`.transfer`): restore reads only the
+byte ranges of the leaves asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -37,22 +37,19 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckpt import _failpoints, fsutil
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CorruptCheckpointError, LockTimeoutError, StepExistsError
-from ckpt.storage import Reader, StepWriter, Store
+from ckpt.storage import Reader, StepWriter, Store, transfer
 
-__all__ = ["FsspecStore", "LEASE_NAME", "LEASE_SECONDS", "PART_BYTES"]
+__all__ = ["FsspecStore", "FsspecReader", "LEASE_NAME", "LEASE_SECONDS"]
 
 log = logging.getLogger("ckpt")
 
 LEASE_NAME = ".ckpt.lease"
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belongs to a dead writer
-PART_BYTES = 16 * 1024 * 1024  # multipart part and ranged-read size
-CONCURRENCY = 8  # parts in flight at once (memory: CONCURRENCY * PART_BYTES)
 MANIFEST_NAME = "manifest.json"  # the format's name (ckpt.manifest), known here for listing
 
 
@@ -62,47 +59,10 @@ def _filesystem(protocol: str, options: dict) -> Any:
     except ImportError:
         raise CheckpointError(f"{protocol}:// URLs need fsspec: pip install 'ckpt[s3]'") from None
     try:
-        return _OSErrorsOnly(fsspec.filesystem(protocol, **options), protocol)
+        return transfer.OSErrorsOnly(fsspec.filesystem(protocol, **options), protocol)
     except (ImportError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot use {protocol}:// ({error}); for S3: "
                               "pip install 'ckpt[s3]'") from None
-
-
-class _OSErrorsOnly:
-    """An fsspec filesystem whose every failure is an ``OSError``.
-
-    s3fs turns S3's answers into ``OSError`` subclasses, but a failure to get an
-    answer (no route to the endpoint, no credentials, a bad bucket name) arrives as
-    botocore's or aiohttp's own exception. Callers (the manager, readers, the CLI)
-    handle ``OSError``; everything else would be a traceback.
-    """
-
-    def __init__(self, fs: Any, protocol: str) -> None:
-        self._fs, self._protocol = fs, protocol
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._fs, name)
-        if not callable(value):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return value(*args, **kwargs)
-            except OSError:
-                raise
-            except Exception as error:  # noqa: BLE001 - translated, not swallowed
-                code = errno.EINVAL if isinstance(error, (ValueError, TypeError)) else errno.EIO
-                raise OSError(code, f"{type(error).__name__}: {error}",
-                              self._where(name, args, kwargs)) from error
-
-        return call
-
-    def _where(self, method: str, args: tuple, kwargs: dict) -> str | None:
-        if method == "call_s3" and "Bucket" in kwargs:
-            return f"{self._protocol}://{kwargs['Bucket']}/{kwargs.get('Key', '')}"
-        if args and isinstance(args[0], str):
-            return f"{self._protocol}://{args[0]}"
-        return None
 
 
 class FsspecReader(Reader):
@@ -130,34 +90,12 @@ class FsspecReader(Reader):
         return len(data)
 
     def read_ranges(self, ranges: Sequence[tuple[int, memoryview]], done: Any = None) -> None:
-        parts = []  # (offset, view) pieces of at most PART_BYTES
         for offset, view in ranges:
             if offset + len(view) > self.size:
                 error = EOFError(f"{self.name} ends at {self.size}")
                 error.offset = max(offset, self.size)
                 raise error
-            for start in range(0, len(view), PART_BYTES):
-                parts.append((offset + start, view[start:start + PART_BYTES]))
-        for first in range(0, len(parts), CONCURRENCY * 4):
-            batch = parts[first:first + CONCURRENCY * 4]
-            try:
-                blobs = self.store.fs.cat_ranges([self.path] * len(batch),
-                                                 [o for o, _ in batch],
-                                                 [o + len(v) for o, v in batch],
-                                                 on_error="raise")
-            except OSError as error:
-                error.offset = batch[0][0]
-                raise
-            for (offset, view), blob in zip(batch, blobs):
-                if isinstance(blob, BaseException):
-                    raise OSError(str(blob))
-                if len(blob) != len(view):
-                    error = EOFError(f"{self.name}: short read at {offset}")
-                    error.offset = offset
-                    raise error
-                view[:] = blob
-                if done is not None:
-                    done(len(blob))
+        transfer.read_into(self.store.fs, self.path, ranges, done)
 
 
 class FsspecStepWriter(StepWriter):
@@ -315,49 +253,7 @@ class FsspecStore(Store):
         of a multipart upload atomic). ``create``: only if nothing is at ``path``
         (``FileExistsError`` otherwise), else it replaces what is there.
         """
-        _failpoints.hit("data.before_write")
-        if size <= PART_BYTES:
-            self.fs.pipe_file(path, bytes(_assemble(chunks, 0, size)),
-                              mode="create" if create else "overwrite")
-            done(size)
-        elif hasattr(self.fs, "call_s3"):
-            self._multipart(path, size, chunks, done, create)
-        else:  # another fsspec filesystem: stream it (its own atomicity, no create check)
-            with self.fs.open(path, "wb") as handle:
-                for start in range(0, size, PART_BYTES):
-                    part = _assemble(chunks, start, min(size, start + PART_BYTES))
-                    handle.write(part)
-                    _failpoints.hit("data.part_written")
-                    done(len(part))
-        self.fs.invalidate_cache(path)
-        _failpoints.hit("data.after_write")
-
-    def _multipart(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any,
-                   create: bool) -> None:
-        bucket, key, _ = self.fs.split_path(path)
-        upload_id = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
-        starts = list(range(0, size, PART_BYTES))
-
-        def send(number: int) -> dict:
-            start = starts[number]
-            body = bytes(_assemble(chunks, start, min(size, start + PART_BYTES)))
-            out = self.fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                  PartNumber=number + 1, Body=body)
-            _failpoints.hit("data.part_written")
-            done(len(body))
-            return {"PartNumber": number + 1, "ETag": out["ETag"]}
-
-        condition = {"IfNoneMatch": "*"} if create else {}
-        try:
-            with ThreadPoolExecutor(CONCURRENCY) as pool:
-                parts = list(pool.map(send, range(len(starts))))
-            self.fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key,
-                            UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
-                                UploadId=upload_id)
-            raise
+        transfer.upload(self.fs, path, size, chunks, done, create)
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return FsspecStepWriter(self, root, name)
@@ -504,14 +400,3 @@ def _stale(holder: dict) -> bool:
         except PermissionError:
             return False
     return False
-
-
-def _assemble(chunks: list[tuple[int, Any]], start: int, end: int) -> memoryview:
-    """Bytes ``start:end`` of the file the chunks describe (gaps are zeros)."""
-    out = bytearray(end - start)
-    for offset, data in chunks:
-        view = memoryview(data).cast("B")
-        lo, hi = max(start, offset), min(end, offset + len(view))
-        if lo < hi:
-            out[lo - start:hi - start] = view[lo - offset:hi - offset]
-    return memoryview(out)
