@@ -15,7 +15,8 @@ decimal, the root of a single-leaf state as ``<root>``). What becomes what:
 
 ``.npz`` is written like ``np.savez`` (uncompressed zip of ``.npy`` members) but
 with ``allow_pickle=False``, and without ``np.savez``'s reserved keyword names.
-Both formats are written to a temporary sibling and renamed into place.
+Both formats are written to a temporary sibling and renamed into place. ``DIR`` may
+be a URL (``s3://bucket/run``); ``OUT`` is a local file.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ckpt import fsutil
+from ckpt import fsutil, storage
 from ckpt.errors import CheckpointError
 from ckpt.inspection import bits_only, checkpoint_dir, iter_arrays, leaf_dtype, open_step
 from ckpt.tree import keystr, leaf_paths
@@ -70,6 +71,9 @@ def export_step(directory: str | os.PathLike[str], step: int,
                 out: str | os.PathLike[str]) -> ExportResult:
     """Write the leaves of ``step`` to ``out`` (``.npz`` or ``.safetensors``)."""
     fmt = export_format(out)
+    if storage.is_url(os.fspath(out)):
+        raise CheckpointError(f"cannot write {out}: export writes a local file (copy it to "
+                              "the object store afterwards)")
     out = Path(out)
     if not out.parent.is_dir():
         raise CheckpointError(f"cannot write {out}: directory {out.parent} does not exist")

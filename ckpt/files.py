@@ -4,17 +4,19 @@
 or ``save_weights("m.weights.h5")``): groups become dicts, datasets arrays. Those
 are read by libhdf5 in a child process with time and memory limits
 (:mod:`ckpt.foreign` says why); ckpt's own files are read in process, without h5py.
+
+``path`` may also be a URL (``s3://bucket/weights.h5``, storage options from the
+environment or an earlier ``ckpt.storage.open_store``): ckpt's own files are saved
+and read there through the storage layer, as a manager's steps are. Files other
+tools wrote are read from local paths only (libhdf5 in the child reads a file).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
-from pathlib import Path
 from typing import Any
 
-from ckpt import foreign, fsutil, h5format, keras_archive, manifest
+from ckpt import foreign, h5format, keras_archive, manifest, storage
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -29,28 +31,28 @@ __all__ = ["save", "load", "load_metadata"]
 
 def save(path: str | os.PathLike[str], tree: Any, *, metadata: Any = None,
          progress: bool | None = None) -> None:
-    """Write ``tree`` to one HDF5 file at ``path``, atomically.
+    """Write ``tree`` to one HDF5 file at ``path`` (a path or URL), atomically.
 
-    The file is written next to ``path`` under a temporary name, fsync'd, renamed
-    over ``path`` and the directory fsync'd: a crash leaves the old file or the new
-    one, never a mix. ``metadata`` is any JSON-serializable value, read back by
+    On local disk the file is written next to ``path`` under a temporary name,
+    fsync'd, renamed over ``path`` and the directory fsync'd; on an object store it
+    is one PUT (or one multipart upload, completed at the end), which replaces the
+    object atomically. Either way a crash leaves the old file or the new one, never
+    a mix. ``metadata`` is any JSON-serializable value, read back by
     :func:`load_metadata`. Unsupported leaves raise ``UnsupportedTypeError`` before
     anything is written.
     """
-    path = Path(path)
+    location = os.fspath(path)
     treedef, leaves = encode_tree(tree)
     manifest.check_metadata(metadata)
-    tmp = path.with_name(fsutil.tmp_name(path.name))
+    store = storage.store_for(location)
     try:
-        h5format.write_state(tmp, treedef, leaves, metadata=metadata, progress=progress)
-        os.replace(tmp, path)
-        fsutil.fsync_dir(path.parent)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(error, OSError) and not isinstance(error, CheckpointError):
-            raise SaveError.from_os_error(path, None, error) from error
-        raise
+        h5format.write_state(location, treedef, leaves, metadata=metadata, progress=progress,
+                             sink=lambda size, chunks, shown: store.put_file(
+                                 location, size, chunks, shown))
+    except OSError as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise SaveError.from_os_error(location, None, error) from error
 
 
 def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
@@ -66,6 +68,7 @@ def load(path: str | os.PathLike[str], *, keys: Any = None, verify: bool = True,
     """
     path = os.fspath(path)
     _check_file(path)
+    _check_ours_if_remote(path)
     if into is not None:
         if not h5format.is_ckpt_file(path):
             raise CheckpointError(f"{path}: load(into=) needs a file ckpt.save wrote; "
@@ -107,6 +110,7 @@ def load_metadata(path: str | os.PathLike[str]) -> Any:
     """
     path = os.fspath(path)
     _check_file(path)
+    _check_ours_if_remote(path)
     if not h5format.is_ckpt_file(path):
         return None
     return h5format.read_header_index(path).get("metadata")
@@ -115,10 +119,15 @@ def load_metadata(path: str | os.PathLike[str]) -> Any:
 def _check_file(path: str) -> None:
     """Refuse what is not a regular file (a FIFO would block, a device never end)."""
     try:
-        mode = os.stat(path).st_mode
+        storage.store_for(path).open(path).close()
     except FileNotFoundError:
         raise CheckpointNotFoundError(path) from None
-    except OSError as error:  # a symlink loop, no permission, ...
-        raise CorruptCheckpointError(path, f"cannot open ({error.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise CorruptCheckpointError(path, "not a regular file")
+    except OSError as error:  # an object store that cannot be reached, ...
+        raise CorruptCheckpointError(path, f"cannot open ({error.strerror or error})") from None
+
+
+def _check_ours_if_remote(path: str) -> None:
+    """Files other tools wrote are read by libhdf5 (in a child), from local disk only."""
+    if storage.is_url(path) and not h5format.is_ckpt_file(path):
+        raise CheckpointError(f"{path} is not a file ckpt.save wrote; plain HDF5 and .keras "
+                              "files are read from local paths only (copy it to local disk)")

@@ -4,6 +4,10 @@ Every function returns data (small frozen dataclasses) and never prints; the CLI
 formats it. Arrays are read leaf by leaf (small leaves pack by pack), so verifying,
 diffing or exporting a large checkpoint holds at most one large leaf at a time
 (two for a diff, all of them for a ``.safetensors`` export).
+
+A directory may be a local path or a URL (``s3://bucket/run``): everything goes
+through the :mod:`ckpt.storage` backend that serves it, so on an object store a
+step is what has a manifest (an upload in progress is not listed, as for a manager).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ckpt import foreign, fsutil, h5format, keras_archive, manifest
+from ckpt import foreign, fsutil, h5format, keras_archive, manifest, storage
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ckpt.manager import CheckpointManager
@@ -140,32 +144,50 @@ class PruneResult:
 # ------------------------------------------------------------ directories
 
 
-def checkpoint_dir(directory: str | os.PathLike[str]) -> Path:
-    """``directory`` as a Path, after checking that it is a checkpoint directory.
+def checkpoint_dir(directory: str | os.PathLike[str]) -> Path | str:
+    """``directory`` (a Path, or the URL as given), checked to be a checkpoint directory.
 
-    A checkpoint directory holds ``step_<N>`` directories or the writer lock file.
-    Raises ``CheckpointNotFoundError`` when it does not exist, ``CheckpointError``
-    when it is something else.
+    A checkpoint directory holds ``step_<N>`` directories or the writer lock file
+    (the lease object on an object store). Raises ``CheckpointNotFoundError`` when
+    it does not exist, ``CheckpointError`` when it is something else.
     """
-    path = Path(directory)
-    if not path.exists():
-        raise CheckpointNotFoundError(str(path), detail="no such directory")
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory")
-    if not fsutil.step_dirs(path) and not (path / fsutil.LOCK_NAME).exists():
-        raise CheckpointError(f"{path} is not a checkpoint directory "
-                              f"(no step_<N> directories and no {fsutil.LOCK_NAME})")
-    return path
+    location = _location(directory)
+    store = storage.store_for(location)
+    if not store.exists(location):
+        raise CheckpointNotFoundError(location, detail="no such directory")
+    if not store.isdir(location):
+        raise CheckpointError(f"{location} is not a directory")
+    if (not store.step_dirs(location)
+            and not store.exists(storage.join(location, store.lock_name))):
+        raise CheckpointError(f"{location} is not a checkpoint directory "
+                              f"(no step_<N> directories and no {store.lock_name})")
+    return location if storage.is_url(location) else Path(location)
 
 
-def _step_dir(directory: Path, step: int) -> str:
-    path = directory / fsutil.step_dir_name(step)
-    if not path.is_dir():
-        raise CheckpointNotFoundError(str(path), step)
-    return str(path)
+def _location(directory: str | os.PathLike[str]) -> str:
+    location = os.fspath(directory)
+    return location.rstrip("/") if storage.is_url(location) else location
 
 
-def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
+def _is_step(location: str) -> bool:
+    """A step directory (local) or a committed step (an object store's manifest)."""
+    store = storage.store_for(location)
+    return store.isdir(location) and store.committed(location)
+
+
+def _step_dir(directory: str | os.PathLike[str], step: int) -> str:
+    location = storage.join(_location(directory), fsutil.step_dir_name(step))
+    if not _is_step(location):
+        raise CheckpointNotFoundError(location, step)
+    return location
+
+
+def _step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
+    location = _location(directory)
+    return storage.store_for(location).step_dirs(location)
+
+
+def _infos(directory: str | os.PathLike[str]) -> tuple[list[StepInfo], dict[int, str]]:
     """Valid checkpoints, and ``{step: reason}`` for step directories that are not.
 
     As ``CheckpointManager.infos``: a step pruned between the listing and the read
@@ -174,11 +196,11 @@ def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
     """
     for _ in range(fsutil.RESCANS):
         infos, damaged, vanished = [], {}, False
-        for step, path in fsutil.step_dirs(directory).items():
+        for step, path in _step_dirs(directory).items():
             try:
                 infos.append(manifest.step_info(manifest.read(path, step), path))
             except CorruptCheckpointError as error:
-                if os.path.lexists(path):
+                if storage.store_for(path).committed(path):
                     damaged[step] = error.reason
                 else:
                     vanished = True
@@ -191,21 +213,14 @@ def _infos(directory: Path) -> tuple[list[StepInfo], dict[int, str]]:
 
 def latest_step(directory: str | os.PathLike[str]) -> int:
     """The newest step with a valid manifest; ``CheckpointNotFoundError`` when none."""
-    infos, _ = _infos(Path(directory))
+    infos, _ = _infos(directory)
     if not infos:
         raise CheckpointNotFoundError(str(directory), detail="no checkpoints in this directory")
     return infos[-1].step
 
 
 def _disk_size(path: str) -> int:
-    total = 0
-    for root, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    return storage.store_for(path).tree_size(path)
 
 
 # ---------------------------------------------------------------- policies
@@ -280,7 +295,7 @@ def list_steps(directory: str | os.PathLike[str], policy: Policy | None = None) 
     keepers = kept_by(policy, infos) if policy is not None else {}
     rows = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
                     metrics=i.metrics, kept_by=keepers.get(i.step)) for i in infos]
-    dirs = fsutil.step_dirs(directory)
+    dirs = _step_dirs(directory)
     rows += [StepRow(step=s, path=dirs[s], nbytes=_disk_size(dirs[s]), error=reason)
              for s, reason in damaged.items()]
     return sorted(rows, key=lambda row: row.step)
@@ -289,26 +304,31 @@ def list_steps(directory: str | os.PathLike[str], policy: Policy | None = None) 
 # ----------------------------------------------------------------- show
 
 
-def resolve(path: str | os.PathLike[str], step: int | None = None) -> tuple[Path, int | None]:
+def resolve(path: str | os.PathLike[str],
+            step: int | None = None) -> tuple[Path | str, int | None]:
     """``(checkpoint directory, step)``, also when ``path`` is a ``step_<N>`` directory."""
-    path = Path(path)
-    number = fsutil.parse_step_dir(path.name)
-    if (step is None and number is not None and path.is_dir() and not fsutil.step_dirs(path)
-            and not (path / fsutil.LOCK_NAME).exists()):
-        return checkpoint_dir(path.parent), number
-    return checkpoint_dir(path), step
+    location = _location(path)
+    store = storage.store_for(location)
+    number = fsutil.parse_step_dir(storage.basename(location))
+    if (step is None and number is not None and _is_step(location)
+            and not store.step_dirs(location)
+            and not store.exists(storage.join(location, store.lock_name))):
+        return checkpoint_dir(storage.parent(location)), number
+    return checkpoint_dir(location), step
 
 
 def describe(path: str | os.PathLike[str], step: int | None = None) -> Description:
     """Describe a checkpoint directory's step (latest when None) or an HDF5 file."""
-    path = Path(path)
-    if path.is_dir():
-        return describe_step(*resolve(path, step))
-    if not path.exists():
-        raise CheckpointNotFoundError(str(path))
+    location = _location(path)
+    store = storage.store_for(location)
+    if store.isdir(location):
+        return describe_step(*resolve(location, step))
+    if not store.exists(location):
+        raise CheckpointNotFoundError(location)
     if step is not None:
-        raise CheckpointError(f"{path} is a file: a step only applies to a checkpoint directory")
-    return describe_file(path)
+        raise CheckpointError(f"{location} is a file: a step only applies to a checkpoint "
+                              "directory")
+    return describe_file(location)
 
 
 def describe_step(directory: str | os.PathLike[str], step: int | None = None) -> Description:
@@ -335,8 +355,13 @@ def describe_file(path: str | os.PathLike[str]) -> Description:
     path = os.fspath(path)
     if h5format.is_ckpt_file(path):
         index = h5format.read_header_index(path)
+        with h5format.open_reader(path) as reader:
+            size = reader.size
         return Description(source=path, format="ckpt-file", leaves=_leaf_rows(index),
-                           nbytes=os.stat(path).st_size, metadata=index.get("metadata"))
+                           nbytes=size, metadata=index.get("metadata"))
+    if storage.is_url(path):
+        raise CheckpointError(f"{path} is not a file ckpt.save wrote; plain HDF5 and .keras "
+                              "files are read from local paths only (copy it to local disk)")
     if keras_archive.is_keras_archive(path):
         return _describe_keras_archive(path, os.stat(path).st_size)
     leaves, attributes = _foreign_rows(path)
@@ -406,7 +431,6 @@ def bits_only(entry: dict) -> bool:
 
 def open_step(directory: str | os.PathLike[str], step: int) -> tuple[str, dict, dict]:
     """``(data path, index, manifest)`` of a step, the index checked against the file."""
-    directory = Path(directory)
     step_dir = _step_dir(directory, step)
     record = _read_manifest(step_dir, step)
     try:
@@ -469,7 +493,7 @@ def verify(directory: str | os.PathLike[str], step: int | None = None, *,
     if step is not None:
         yield verify_step(directory, step, progress=progress)
         return
-    for candidate in fsutil.step_dirs(directory):
+    for candidate in _step_dirs(directory):
         try:
             yield verify_step(directory, candidate, progress=progress)
         except CheckpointNotFoundError:
@@ -483,20 +507,22 @@ def verify_step(directory: str | os.PathLike[str], step: int, *,
     Raises ``CheckpointNotFoundError`` when there is no such step; any damage is
     reported in the result.
     """
-    directory = Path(directory)
     step_dir = _step_dir(directory, step)
     try:
         leaves, nbytes = _verify(directory, step, progress)
     except CorruptCheckpointError as error:
+        if not _is_step(step_dir):  # pruned while we read it (an object store's reads fail)
+            raise CheckpointNotFoundError(step_dir, step) from None
         return VerifyResult(step, step_dir, error=str(error.for_step(step)))
     except FileNotFoundError:
-        if not os.path.isdir(step_dir):
+        if not _is_step(step_dir):
             raise CheckpointNotFoundError(step_dir, step) from None
         raise
     return VerifyResult(step, step_dir, leaves=leaves, nbytes=nbytes)
 
 
-def _verify(directory: Path, step: int, progress: bool | None) -> tuple[int, int]:
+def _verify(directory: str | os.PathLike[str], step: int,
+            progress: bool | None) -> tuple[int, int]:
     data_path, index, _ = open_step(directory, step)  # the index restore uses, checked
     total = sum(cost for _, cost in _read_groups(index))
     with progress_bar(total, f"verifying step {step}", progress) as bar:
@@ -529,7 +555,7 @@ def diff_steps(directory: str | os.PathLike[str], step_a: int, step_b: int) -> l
 class _Side:
     """One step of a diff: its index, and its packed leaves read up front."""
 
-    def __init__(self, directory: Path, step: int) -> None:
+    def __init__(self, directory: Path | str, step: int) -> None:
         self.data_path, self.index, _ = open_step(directory, step)
         self.entries = self.index["leaves"]
         self.numbers = {tuple(path): number for path, number in leaf_paths(self.index["tree"])}

@@ -385,6 +385,10 @@ class CheckpointManager:
             raise CorruptCheckpointError(getattr(error, "filename", None) or step_dir,
                                          "data file is missing", step=step) from None
         except CorruptCheckpointError as error:
+            if not self.store.committed(step_dir):
+                # pruned while we read it: an object store has no open-file semantics,
+                # so the read failed instead of finishing from a deleted file
+                raise CheckpointNotFoundError(step_dir, step) from None
             raise error.for_step(step) from None
         self.last_restored_step = step
         return restored

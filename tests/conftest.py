@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.s3_server import s3, s3_server  # noqa: F401 - fixtures for the object-store tests
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Opt-in long runs: CKPT_SOAK=1 multiplies crash rounds and fuzz cases.

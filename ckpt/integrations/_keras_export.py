@@ -33,7 +33,7 @@ def _import_keras() -> Any:
     return keras
 
 
-def export_keras(directory: Path, step: int, out: Path, fmt: str) -> tuple[int, int]:
+def export_keras(directory: Path | str, step: int, out: Path, fmt: str) -> tuple[int, int]:
     """Write ``out`` (``weights.h5`` or ``keras``); ``(variables, bytes)`` written."""
     _import_keras()
     from ckpt.integrations._keras_saving import build_model, fill_model

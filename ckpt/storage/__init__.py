@@ -10,7 +10,9 @@ commit protocol needs and nothing more:
 * write a step (:class:`StepWriter`): data files from ``(offset, buffer)`` chunks,
   then :meth:`StepWriter.commit` with the manifest, which is the commit record;
 * delete a step, set one aside, clean up what crashed writers left, and serialize
-  writers (:meth:`Store.writer_lock`).
+  writers (:meth:`Store.writer_lock`, on the object named :attr:`Store.lock_name`);
+* write one whole file that replaces what is there atomically (:meth:`Store.put_file`,
+  for ``ckpt.save``).
 
 Two backends: :mod:`ckpt.storage.local` (a POSIX directory: fsync, atomic rename,
 a lock file; the guarantees of DESIGN.md) and :mod:`ckpt.storage.remote` (any
@@ -153,6 +155,8 @@ class Store:
 
     #: whether the manager may keep a per-manifest cache keyed by :meth:`signature`
     local: bool = True
+    #: the name, under a root, of the object writers serialize on (held while they write)
+    lock_name: str = ""
 
     def step_dirs(self, root: str) -> dict[int, str]:
         """``{step: location}`` of every ``step_<N>`` entry under ``root``, by step.
@@ -205,6 +209,12 @@ class Store:
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         """Start writing step directory ``name`` under ``root``."""
+        raise NotImplementedError
+
+    def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
+                 progress: bool | None = None) -> None:
+        """Write the file at ``location`` from ``(offset, buffer)`` chunks, durably,
+        replacing what is there atomically: a reader sees the old file or the new."""
         raise NotImplementedError
 
     def remove_step(self, location: str) -> None:

@@ -9,6 +9,7 @@ serialize on a lock file (``filelock``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -153,6 +154,7 @@ class LocalStore(Store):
     """A directory on a POSIX filesystem."""
 
     local = True
+    lock_name = fsutil.LOCK_NAME
 
     def step_dirs(self, root: str) -> dict[int, str]:
         return fsutil.step_dirs(root)
@@ -197,6 +199,20 @@ class LocalStore(Store):
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return LocalStepWriter(root, name)
+
+    def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
+                 progress: bool | None = None) -> None:
+        # a fsync'd sibling, renamed over the file, then the directory fsync'd
+        path = Path(location)
+        tmp = path.with_name(fsutil.tmp_name(path.name))
+        try:
+            write_chunks(str(tmp), size, chunks, progress)
+            os.replace(tmp, path)
+            fsutil.fsync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def remove_step(self, location: str) -> None:
         root, name = os.path.split(location)

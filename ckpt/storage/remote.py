@@ -4,12 +4,15 @@ An object store has no rename and no directories, so the commit works differentl
 from local disk, with the same promise to readers:
 
 * **The manifest is the commit record.** A step's data objects are uploaded first
-  under ``<root>/step_<N>/``, the manifest last, with a conditional create
-  (``If-None-Match: *`` on S3) so that two writers cannot both commit one step.
-  A step without a manifest is invisible: readers list manifests, not prefixes.
+  under ``<root>/step_<N>/``, the manifest last. Every object of a step is created
+  with a conditional create (``If-None-Match: *`` on S3, also on the completion of
+  a multipart upload), so two writers can neither both commit one step nor
+  overwrite each other's data: the second gets ``StepExistsError``. A step without
+  a manifest is invisible: readers list manifests, not prefixes.
 * **Deletion removes the manifest first**, so a step is never listed half-deleted;
   a crash in between leaves data without a manifest, which the next writer removes
-  (as it removes the data of a writer killed mid-upload).
+  (as it removes the data of a writer killed mid-upload, and aborts the multipart
+  uploads such a writer left unfinished under the prefix).
 * **Writers serialize on a lease object** ``<root>/.ckpt.lease``, created with a
   conditional create, renewed by a heartbeat while held and released after the
   save. A lease whose heartbeat stopped (its holder died) is taken over after
@@ -19,33 +22,34 @@ from local disk, with the same promise to readers:
   catches a second writer started by mistake.
 
 Large files go up as parallel multipart uploads and come back as parallel ranged
-reads (``cat_ranges``): restore reads only the byte ranges of the leaves asked for.
+reads streamed into the caller's buffers (:mod:`.transfer`): restore reads only the
+byte ranges of the leaves asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ckpt import fsutil
+from ckpt import _failpoints, fsutil
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CorruptCheckpointError, LockTimeoutError, StepExistsError
-from ckpt.storage import Reader, StepWriter, Store
+from ckpt.storage import Reader, StepWriter, Store, transfer
 
-__all__ = ["FsspecStore", "LEASE_NAME", "LEASE_SECONDS", "PART_BYTES"]
+__all__ = ["FsspecStore", "FsspecReader", "LEASE_NAME", "LEASE_SECONDS"]
+
+log = logging.getLogger("ckpt")
 
 LEASE_NAME = ".ckpt.lease"
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belongs to a dead writer
-PART_BYTES = 16 * 1024 * 1024  # multipart part and ranged-read size
-CONCURRENCY = 8  # parts in flight at once (memory: CONCURRENCY * PART_BYTES)
 MANIFEST_NAME = "manifest.json"  # the format's name (ckpt.manifest), known here for listing
 
 
@@ -55,8 +59,8 @@ def _filesystem(protocol: str, options: dict) -> Any:
     except ImportError:
         raise CheckpointError(f"{protocol}:// URLs need fsspec: pip install 'ckpt[s3]'") from None
     try:
-        return fsspec.filesystem(protocol, **options)
-    except (ImportError, ValueError) as error:
+        return transfer.OSErrorsOnly(fsspec.filesystem(protocol, **options), protocol)
+    except (ImportError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot use {protocol}:// ({error}); for S3: "
                               "pip install 'ckpt[s3]'") from None
 
@@ -86,34 +90,12 @@ class FsspecReader(Reader):
         return len(data)
 
     def read_ranges(self, ranges: Sequence[tuple[int, memoryview]], done: Any = None) -> None:
-        parts = []  # (offset, view) pieces of at most PART_BYTES
         for offset, view in ranges:
             if offset + len(view) > self.size:
                 error = EOFError(f"{self.name} ends at {self.size}")
                 error.offset = max(offset, self.size)
                 raise error
-            for start in range(0, len(view), PART_BYTES):
-                parts.append((offset + start, view[start:start + PART_BYTES]))
-        for first in range(0, len(parts), CONCURRENCY * 4):
-            batch = parts[first:first + CONCURRENCY * 4]
-            try:
-                blobs = self.store.fs.cat_ranges([self.path] * len(batch),
-                                                 [o for o, _ in batch],
-                                                 [o + len(v) for o, v in batch],
-                                                 on_error="raise")
-            except OSError as error:
-                error.offset = batch[0][0]
-                raise
-            for (offset, view), blob in zip(batch, blobs):
-                if isinstance(blob, BaseException):
-                    raise OSError(str(blob))
-                if len(blob) != len(view):
-                    error = EOFError(f"{self.name}: short read at {offset}")
-                    error.offset = offset
-                    raise error
-                view[:] = blob
-                if done is not None:
-                    done(len(blob))
+        transfer.read_into(self.store.fs, self.path, ranges, done)
 
 
 class FsspecStepWriter(StepWriter):
@@ -127,19 +109,26 @@ class FsspecStepWriter(StepWriter):
     def write_file(self, name: str, size: int, chunks: list[tuple[int, Any]],
                    progress: bool | None = None) -> None:
         path = self.store.path(f"{self.location}/{name}")
-        self.written.append(path)
+        self.written.append(path)  # abort() removes it, whatever failed after its creation
         with progress_bar(size, f"uploading {name}", progress) as bar:
-            self.store.upload(path, size, chunks, bar.update)
+            try:
+                self.store.upload(path, size, chunks, bar.update, create=True)
+            except FileExistsError:
+                # another writer is writing (or wrote) this step: that object is not ours
+                self.written.remove(path)
+                raise StepExistsError(self.final, _step_of(self.final)) from None
 
     def commit(self, manifest: bytes) -> None:
         path = self.store.path(f"{self.location}/{MANIFEST_NAME}")
+        _failpoints.hit("manifest.before_write")
         try:
             self.store.fs.pipe_file(path, manifest, mode="create")
         except FileExistsError:
-            # another writer committed this step first: its objects stay; ours go
-            self.abort()
+            # another writer committed this step first; the objects are its now
+            self.written.clear()
             raise StepExistsError(self.final, _step_of(self.final)) from None
         self.store.invalidate(self.final)
+        _failpoints.hit("commit.after_manifest")
 
     def abort(self) -> None:
         for path in self.written:
@@ -155,10 +144,13 @@ class FsspecStore(Store):
     """A prefix on an fsspec filesystem (``s3://bucket/run``)."""
 
     local = False
+    lock_name = LEASE_NAME
 
     def __init__(self, protocol: str, options: dict) -> None:
         self.protocol = protocol
-        self.fs = _filesystem(protocol, options)
+        # no listings cache: other processes write and delete under the same prefix, and
+        # a cached listing would hide their objects (fsspec answers from it without asking)
+        self.fs = _filesystem(protocol, {"use_listings_cache": False, **options})
         self._listed: dict[str, tuple] = {}  # manifest path -> signature, from listings
         self._mutex = threading.Lock()
 
@@ -252,46 +244,25 @@ class FsspecStore(Store):
     def makedirs(self, root: str) -> None:
         pass  # prefixes need no creating; a missing bucket fails at the first upload
 
-    def upload(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any) -> None:
+    def upload(self, path: str, size: int, chunks: list[tuple[int, Any]], done: Any, *,
+               create: bool = False) -> None:
         """One object of ``size`` bytes from ``(offset, buffer)`` chunks (gaps are
-        zeros): a single PUT when small, else parallel multipart parts."""
-        if size <= PART_BYTES:
-            self.fs.pipe_file(path, bytes(_assemble(chunks, 0, size)))
-            done(size)
-            return
-        if not hasattr(self.fs, "call_s3"):  # another fsspec filesystem: stream it
-            with self.fs.open(path, "wb") as handle:
-                for start in range(0, size, PART_BYTES):
-                    part = _assemble(chunks, start, min(size, start + PART_BYTES))
-                    handle.write(part)
-                    done(len(part))
-            return
-        bucket, key, _ = self.fs.split_path(path)
-        upload_id = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
-        starts = list(range(0, size, PART_BYTES))
+        zeros): a single PUT when small, else parallel multipart parts.
 
-        def send(number: int) -> dict:
-            start = starts[number]
-            body = bytes(_assemble(chunks, start, min(size, start + PART_BYTES)))
-            out = self.fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                  PartNumber=number + 1, Body=body)
-            done(len(body))
-            return {"PartNumber": number + 1, "ETag": out["ETag"]}
-
-        try:
-            with ThreadPoolExecutor(CONCURRENCY) as pool:
-                parts = list(pool.map(send, range(len(starts))))
-            self.fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key,
-                            UploadId=upload_id, MultipartUpload={"Parts": parts})
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
-                                UploadId=upload_id)
-            raise
-        self.fs.invalidate_cache(path)
+        The object appears whole or not at all (S3 makes a PUT and the completion
+        of a multipart upload atomic). ``create``: only if nothing is at ``path``
+        (``FileExistsError`` otherwise), else it replaces what is there.
+        """
+        transfer.upload(self.fs, path, size, chunks, done, create)
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return FsspecStepWriter(self, root, name)
+
+    def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
+                 progress: bool | None = None) -> None:
+        # one PUT, or one multipart upload completed at the end: atomic on S3
+        with progress_bar(size, f"uploading {location.rsplit('/', 1)[-1]}", progress) as bar:
+            self.upload(self.path(location), size, chunks, bar.update)
 
     def remove_leftovers(self, root: str) -> list[str]:
         _, partial = self._scan(root)
@@ -299,7 +270,34 @@ class FsspecStore(Store):
         for step, names in partial.items():
             self.fs.rm(names)
             removed.append(fsutil.step_dir_name(step))
+        removed += self._abort_unfinished_uploads(root)
+        if removed:
+            log.info("removed leftovers of an interrupted writer in %s: %s", root, removed)
         return removed
+
+    def _abort_unfinished_uploads(self, root: str) -> list[str]:
+        """Abort the multipart uploads a dead writer left under ``root``'s steps
+        (invisible, but S3 keeps and bills their parts until they are aborted)."""
+        if not hasattr(self.fs, "call_s3"):
+            return []
+        bucket, prefix, _ = self.fs.split_path(self.path(root))
+        prefix = f"{prefix}/" if prefix else ""
+        aborted = []
+        listing = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", **listing)
+            for upload in page.get("Uploads", []):
+                top = upload["Key"][len(prefix):].split("/", 1)[0]
+                if fsutil.parse_step_dir(top) is None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket,
+                                    Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(f"{upload['Key']} (unfinished upload)")
+            if not page.get("IsTruncated"):
+                return aborted
+            listing.update(KeyMarker=page["NextKeyMarker"],
+                           UploadIdMarker=page["NextUploadIdMarker"])
 
     def remove_step(self, location: str) -> None:
         # the manifest first: from then on no reader lists the step
@@ -307,6 +305,7 @@ class FsspecStore(Store):
         self.fs.rm_file(manifest)
         with self._mutex:
             self._listed.pop(manifest, None)
+        _failpoints.hit("prune.after_manifest_removed")
         rest = list(self._objects(location))
         if rest:
             self.fs.rm(rest)
@@ -401,14 +400,3 @@ def _stale(holder: dict) -> bool:
         except PermissionError:
             return False
     return False
-
-
-def _assemble(chunks: list[tuple[int, Any]], start: int, end: int) -> memoryview:
-    """Bytes ``start:end`` of the file the chunks describe (gaps are zeros)."""
-    out = bytearray(end - start)
-    for offset, data in chunks:
-        view = memoryview(data).cast("B")
-        lo, hi = max(start, offset), min(end, offset + len(view))
-        if lo < hi:
-            out[lo - start:hi - start] = view[lo - offset:hi - offset]
-    return memoryview(out)
