@@ -12,14 +12,12 @@ torch.save / torch.load. Every writer fsyncs its file. Figures are ratios to raw
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 
 import numpy as np
+from _timing import timed  # benchmarks/ is on sys.path when run as a script
 
 import ckpt
 
@@ -126,15 +124,6 @@ def manager_save(path: str, state: dict) -> None:
 
 def manager_load(path: str, _state: dict) -> dict:
     return ckpt.CheckpointManager(path, progress=False).restore(1)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    del result
-    return elapsed
 
 
 def measure(directory: str, state: dict, repeat: int, drop_caches: bool) -> dict[str, tuple]:

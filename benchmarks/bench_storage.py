@@ -17,18 +17,17 @@ measures any other S3-compatible server (credentials from the AWS_* variables).
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _timing import timed  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 import ckpt  # noqa: E402 - after the path is set, for runs from a checkout
 from ckpt.storage import transfer  # noqa: E402
@@ -100,15 +99,6 @@ class Bench:
             1, keys=[("model", "layer0")]))
         self.clean(url)
         return save, load
-
-
-def timed(fn: Callable[[], object]) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    del result
-    return elapsed
 
 
 VARIANTS = {"s3fs pipe_file/cat_file": "plain", "CheckpointManager": "manager",
