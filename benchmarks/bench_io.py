@@ -17,7 +17,7 @@ import shutil
 import tempfile
 
 import numpy as np
-from _timing import timed  # benchmarks/ is on sys.path when run as a script
+from _timing import fsync_path, timed  # benchmarks/ is on sys.path when run as a script
 
 import ckpt
 
@@ -36,14 +36,6 @@ def large_state(total_mib: int) -> dict[str, np.ndarray]:
 def small_state() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {f"leaf{i}": rng.standard_normal(256, dtype=np.float32) for i in range(10_000)}
-
-
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------ raw

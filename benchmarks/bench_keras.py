@@ -23,6 +23,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import fsync_path  # noqa: E402 - benchmarks/ is on sys.path as a script
 
 import ckpt  # noqa: E402
 
@@ -67,14 +68,6 @@ def report(title: str, medians: dict[str, float], baselines: dict[str, str]) -> 
         print(f"{name:34} {seconds:9.3f} {seconds / medians[baselines[name]]:10.2f}x")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def bench_keras(directory: Path, million_params: int, runs: int) -> None:
     model = make_model(million_params)
     nbytes = sum(np.prod(v.shape) * 4 for v in model.variables + model.optimizer.variables)
@@ -89,7 +82,7 @@ def bench_keras(directory: Path, million_params: int, runs: int) -> None:
     def save_weights_fsync() -> None:
         # what ckpt promises on top: the bytes on disk before save() returns
         model.save_weights(weights_file)
-        _fsync(weights_file)
+        fsync_path(weights_file)
 
     medians = rotate({
         "keras save_weights": lambda: model.save_weights(weights_file),
