@@ -43,7 +43,7 @@ from ckpt import storage
 from ckpt._progress import progress_bar
 from ckpt._types import KeyPath
 from ckpt.errors import CorruptCheckpointError, StateMismatchError
-from ckpt.index import FORMAT, USERBLOCK, VERSION, validate_index
+from ckpt.index import FORMAT, SHARDED_VERSION, USERBLOCK, VERSION, pieces_of, validate_index
 from ckpt.storage import Reader, local
 from ckpt.tree import decode_tree, keystr, leaf_paths, select
 
@@ -238,11 +238,16 @@ def write_state(
     metadata: Any = None,
     progress: bool | None = None,
     sink: Any = None,
+    external: list[dict] | None = None,
+    files: dict | None = None,
 ) -> dict:
     """Write a state file at ``path`` (created exclusively) and fsync it.
 
     ``sink(size, chunks, progress)``, when given, writes the file's
     ``(offset, buffer)`` chunks instead (a storage backend's ``write_file``).
+    ``external`` entries (after those of ``leaves``) are leaves whose bytes other
+    files of the step hold, and ``files`` those files' sizes and index checksums:
+    the index of a distributed save (``index.SHARDED_VERSION``).
 
     Returns the index: tree, one entry per leaf with its offset and checksum, the
     packs, plus (not stored in the index itself) the file's size ``file_nbytes``
@@ -265,6 +270,9 @@ def write_state(
 
     index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "tree": treedef,
                              "leaves": entries, "packs": packs, "metadata": metadata}
+    if files is not None:
+        index.update(version=SHARDED_VERSION, files=files)
+        entries.extend(external or [])
     layout = _SparseFile()
     with h5py.File(layout, "w", userblock_size=USERBLOCK, track_order=True,
                    alignment_threshold=PACK_THRESHOLD, alignment_interval=4096) as file:
@@ -387,6 +395,7 @@ def read_leaves(
     verify: bool = True,
     progress: bool | None = None,
     into: dict[int, np.ndarray] | None = None,
+    regions: dict[int, Sequence[int]] | None = None,
 ) -> dict[int, Any]:
     """Read leaves (all, or the numbers in ``wanted``) as encoded arrays.
 
@@ -396,11 +405,25 @@ def read_leaves(
     are verified unless ``verify`` is false; a mismatch raises
     :class:`CorruptCheckpointError` naming the key, and leaves the ``into`` arrays
     read so far overwritten.
+
+    ``regions`` maps a leaf number to the offsets of the box of it wanted (a shard
+    of a distributed restore): its ``into`` array (required) gets that box only,
+    read from the pieces that overlap it.
     """
     path = os.fspath(path)
     entries = index["leaves"]
     into = into or {}
+    regions = regions or {}
     numbers = range(len(entries)) if wanted is None else sorted(wanted)
+    remote = [n for n in numbers if n in regions or "external" in entries[n]
+              or "shards" in entries[n]]
+    if remote:
+        out = _read_pieces(path, index, remote, into, regions, verify, progress)
+        rest = set(numbers) - set(remote)
+        if rest:
+            out.update(read_leaves(path, index, rest, verify=verify, progress=progress,
+                                   into=into))
+        return out
     # an alias leaf (a tied tensor) is a view of another leaf's bytes: read that one
     bases = {entries[n]["alias"]["of"] for n in numbers if "alias" in entries[n]}
     stored = sorted({n for n in numbers if "alias" not in entries[n]} | bases)
@@ -444,6 +467,98 @@ def read_leaves(
         if "alias" in entries[n]:
             out[n] = _alias_view(entries[n], out[entries[n]["alias"]["of"]])
     return out
+
+
+def _read_pieces(path: str, index: dict, numbers: list[int], into: dict,
+                 regions: dict, verify: bool, progress: bool | None) -> dict[int, Any]:
+    """Leaves (or boxes of leaves) whose bytes are in other files of the step, or
+    that are wanted only in part: every piece that overlaps a wanted box is read
+    (straight into the destination when it is a contiguous part of it) and verified.
+    """
+    entries = index["leaves"]
+    out: dict[int, Any] = {}
+    by_file: dict[str | None, list[tuple[int, dict]]] = {}
+    for n in numbers:
+        entry = entries[n]
+        if n in regions:
+            out[n] = into[n]
+        else:
+            target = into.get(n)
+            out[n] = target if target is not None else fresh_array(
+                entry["shape"], np.dtype(entry["dtype"]))
+        if "external" in entry or "shards" in entry:
+            pieces = pieces_of(entry)
+        else:  # a leaf of this file wanted in part
+            pieces = [{"file": None, "leaf": n, "offsets": [0] * len(entry["shape"]),
+                       "shape": entry["shape"]}]
+        box = (list(regions.get(n, [0] * out[n].ndim)), list(out[n].shape))
+        for piece in pieces:
+            if _overlap(box, (piece["offsets"], piece["shape"])) is not None:
+                by_file.setdefault(piece["file"], []).append((n, piece))
+    for name, wanted in by_file.items():
+        if name is None:
+            file_path, sub_index = path, index
+        else:
+            file_path = storage.join(storage.parent(path), name)
+            sub_index = _rank_index(index, name, file_path)
+        targets: dict[int, np.ndarray] = {}
+        copies = []
+        for n, piece in wanted:
+            _check_piece(entries[n], piece, sub_index, file_path, name is None)
+            dest = out[n]
+            box = (list(regions.get(n, [0] * dest.ndim)), list(dest.shape))
+            inner, outer = _overlap(box, (piece["offsets"], piece["shape"]))
+            part = dest[inner] if dest.ndim else dest
+            if name is not None and part.shape == tuple(piece["shape"]) \
+                    and part.flags.c_contiguous:
+                targets[piece["leaf"]] = part  # the whole piece lands in one run of bytes
+            else:
+                copies.append((piece["leaf"], part, outer))
+        arrays = read_leaves(file_path, sub_index, {p["leaf"] for _, p in wanted},
+                             verify=verify, progress=progress, into=targets)
+        for leaf, part, outer in copies:
+            source = arrays[leaf]
+            part[...] = source[outer] if source.ndim else source
+    return out
+
+
+def _overlap(box: tuple[list, list], piece: tuple[list, list]) -> tuple[tuple, tuple] | None:
+    """Slices of the intersection, in the box's and in the piece's coordinates."""
+    inner, outer = [], []
+    for b0, bn, p0, pn in zip(box[0], box[1], piece[0], piece[1]):
+        start, stop = max(b0, p0), min(b0 + bn, p0 + pn)
+        if start >= stop:
+            return None
+        inner.append(slice(start - b0, stop - b0))
+        outer.append(slice(start - p0, stop - p0))
+    return tuple(inner), tuple(outer)
+
+
+def _rank_index(index: dict, name: str, file_path: str) -> dict:
+    """The index of a rank file, authenticated by the main index; read once per index."""
+    cache = index.setdefault("_rank_indexes", {})  # in memory only, never written
+    if name not in cache:
+        record = index["files"][name]
+        sub = read_header_index(file_path, expected_checksum=record["index_checksum"])
+        if sub.get("version") != VERSION:
+            raise CorruptCheckpointError(file_path, "a rank file is itself sharded")
+        sub["file_nbytes"] = record["nbytes"]
+        cache[name] = sub
+    return cache[name]
+
+
+def _check_piece(entry: dict, piece: dict, sub_index: dict, file_path: str,
+                 same_file: bool) -> None:
+    """The rank file's entry for ``piece`` holds what the main index says."""
+    if same_file:
+        return
+    subs = sub_index["leaves"]
+    leaf = piece["leaf"]
+    sub = subs[leaf] if leaf < len(subs) else None
+    if (sub is None or sub["dtype"] != entry["dtype"] or sub["kind"] != entry["kind"]
+            or sub["shape"] != piece["shape"]):
+        raise CorruptCheckpointError(file_path, f"leaf {leaf} of this file does not hold the "
+                                     f"shard the step's index names", key=keystr(entry["path"]))
 
 
 def _finish_leaf(entry: dict, pack_data: dict, array: np.ndarray | None,

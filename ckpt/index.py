@@ -26,10 +26,17 @@ from ckpt.tree import (
     keystr,
 )
 
-__all__ = ["FORMAT", "VERSION", "USERBLOCK", "validate_index", "plain_dtype"]
+__all__ = ["FORMAT", "VERSION", "SHARDED_VERSION", "USERBLOCK", "validate_index",
+           "plain_dtype", "RANK_FILE"]
 
 FORMAT = "ckpt"
 VERSION = 1
+# an index whose leaves live in other files of the step (a distributed save): its
+# entries say which file and leaf, or which shards, hold each leaf's bytes
+SHARDED_VERSION = 2
+# the only names such an index may point at: files next to it, never a path
+RANK_FILE = re.compile(r"state\.rank[0-9]{1,6}\.h5")
+MAX_SHARDS = 65536  # per leaf: more than any job's ranks
 USERBLOCK = 4096  # HDF5 needs it >= the 4 KiB data alignment; data starts after it
 
 
@@ -75,8 +82,10 @@ def _validate(index: Any, file_size: int | None) -> None:
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise _Invalid("not a ckpt index", None)
     version = index.get("version")
-    if type(version) is not int or version != VERSION:
-        raise _Invalid(f"format version {version!r} is not {VERSION}", None)
+    if type(version) is not int or version not in (VERSION, SHARDED_VERSION):
+        raise _Invalid(f"format version {str(version)[:30]} is not {VERSION} or "
+                       f"{SHARDED_VERSION}", None)
+    files = _check_files(index.get("files")) if version == SHARDED_VERSION else {}
     entries, packs = index["leaves"], index["packs"]
     if not isinstance(entries, list) or not isinstance(packs, list):
         raise _Invalid("leaves and packs must be lists", None)
@@ -124,6 +133,8 @@ def _validate(index: Any, file_size: int | None) -> None:
         _check_kind(entry, dtype, shape, key)
         if "alias" in entry:
             _check_alias(entry, entries, dtype, shape, key)
+        elif "external" in entry or "shards" in entry:
+            _check_pieces(entry, files, shape, key)
         elif "pack" in entry:
             number, start = entry["pack"], entry["pack_offset"]
             if not (type(number) is int and 0 <= number < len(packs) and type(start) is int
@@ -184,6 +195,65 @@ def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:
     if not ok:
         raise _Invalid(f"a {kind} leaf cannot be {dtype.str} of shape {shape} "
                        f"(extra {str(extra)[:50]})", key)
+
+
+def _check_files(files: Any) -> dict:
+    """A sharded index's ``files``: rank file name -> its size and index checksum."""
+    if not isinstance(files, dict) or len(files) > MAX_SHARDS:
+        raise _Invalid("a sharded index needs a mapping of its files", None)
+    for name, record in files.items():
+        if not RANK_FILE.fullmatch(name):
+            raise _Invalid(f"data file name {name[:60]!r} is not state.rank<N>.h5", None)
+        if (not isinstance(record, dict) or type(record.get("nbytes")) is not int
+                or record["nbytes"] < 0 or not isinstance(record.get("index_checksum"), str)):
+            raise _Invalid(f"file record of {name} needs nbytes and index_checksum", None)
+    return files
+
+
+def pieces_of(entry: dict) -> list[dict]:
+    """Where the bytes of a leaf stored in other files are: ``[{file, leaf, offsets,
+    shape}]`` (one piece covering it all for a leaf that one rank wrote whole)."""
+    if "external" in entry:
+        piece = entry["external"]
+        return [{"file": piece["file"], "leaf": piece["leaf"],
+                 "offsets": [0] * len(entry["shape"]), "shape": entry["shape"]}]
+    return entry["shards"]
+
+
+def _check_pieces(entry: dict, files: dict, shape: list, key: str) -> None:
+    """The pieces of a leaf name known files and tile its global shape exactly."""
+    if "external" in entry and not isinstance(entry["external"], dict):
+        raise _Invalid("external must be a mapping", key)
+    pieces = pieces_of(entry)
+    if not isinstance(pieces, list) or len(pieces) > MAX_SHARDS:
+        raise _Invalid("shards must be a list", key)
+    volume = 0
+    boxes = []
+    for piece in pieces:
+        if not isinstance(piece, dict) or piece.get("file") not in files:
+            raise _Invalid("a shard names no data file of this step", key)
+        leaf, offsets, extent = piece["leaf"], piece["offsets"], piece["shape"]
+        if (type(leaf) is not int or leaf < 0 or not isinstance(offsets, list)
+                or not isinstance(extent, list) or len(offsets) != len(shape)
+                or len(extent) != len(shape)
+                or any(type(v) is not int or v < 0 for v in offsets + extent)
+                or any(o + n > d for o, n, d in zip(offsets, extent, shape))):
+            raise _Invalid(f"shard at {str(offsets)[:40]} of shape {str(extent)[:40]} lies "
+                           f"outside the leaf's shape {shape}", key)
+        volume += math.prod(extent)
+        if math.prod(extent):
+            boxes.append((offsets, extent))
+    if volume != math.prod(shape):
+        raise _Invalid(f"shards hold {volume} elements, the leaf {math.prod(shape)}", key)
+    # equal volume and no two boxes overlapping: the shards cover every element once
+    boxes.sort()
+    for i, (offsets, extent) in enumerate(boxes):
+        for other, other_extent in boxes[i + 1:]:
+            if shape and other[0] >= offsets[0] + extent[0]:
+                break  # sorted: no later box reaches back into this one along dim 0
+            if all(o < p + m and p < o + n for o, n, p, m in
+                   zip(offsets, extent, other, other_extent)):
+                raise _Invalid("two shards of the leaf overlap", key)
 
 
 def _check_alias(entry: dict, entries: list, dtype: np.dtype, shape: list, key: str) -> None:

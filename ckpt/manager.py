@@ -17,6 +17,7 @@ import contextlib
 import logging
 import numbers
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -68,6 +69,12 @@ class CheckpointManager:
         storage_options: for a URL ``directory`` (``s3://bucket/run``), the fsspec
             filesystem's options (``{"endpoint_url": ...}``); without them fsspec
             reads the usual environment variables.
+        distributed: in a ``torch.distributed`` job, make ``save`` and ``restore``
+            collectives (every rank writes its own shards; one commit). ``None``
+            (the default): when a process group of more than one rank is initialized.
+            Building the manager is then a collective too.
+        timeout: seconds a rank waits for the others in a distributed save or
+            restore before raising ``CheckpointError`` (a rank died or stalled).
     """
 
     def __init__(
@@ -81,6 +88,8 @@ class CheckpointManager:
         lock_timeout: float | None = None,
         progress: bool | None = None,
         storage_options: dict | None = None,
+        distributed: bool | None = None,
+        timeout: float | None = None,
     ) -> None:
         save_every, save_every_seconds = check_schedule(save_every, save_every_seconds)
         self.root = os.fspath(directory)
@@ -100,6 +109,10 @@ class CheckpointManager:
                                                     default=None))
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
+        self._collective = _collective(distributed, timeout)
+        if async_save and self._collective is not None:
+            raise NotImplementedError("async_save in a distributed job is not supported yet: "
+                                      "use async_save=False")
         if async_save:
             from ckpt.async_writer import AsyncWriter
 
@@ -215,6 +228,12 @@ class CheckpointManager:
             raise StepExistsError(final, step)
         clean = manifest.clean_metrics(metrics)
         manifest.check_metadata(metadata, max_bytes=manifest.MAX_METADATA_BYTES)
+        if self._collective is not None:
+            from ckpt import dist_save
+
+            dist_save.save(self, self._collective, step, state, clean, metadata)
+            self._last_save_time = time.monotonic()
+            return True
         treedef, leaves = encode_tree(state)
         if self._writer is not None:
             self._writer.submit(step, treedef, leaves, clean, metadata)
@@ -259,7 +278,11 @@ class CheckpointManager:
         except BaseException:
             writer.abort()
             raise
+        self._remember(step, record)
+
+    def _remember(self, step: int, record: dict) -> None:
         # pruning lists every step next: spare it re-reading the manifest just written
+        final = self._step_path(step)
         signature = self.store.signature(storage.join(final, manifest.MANIFEST_NAME))
         if signature is not None:
             self._cache[step] = (signature, manifest.step_info(record, final))
@@ -343,6 +366,11 @@ class CheckpointManager:
         wherever the template's tensors live).
         """
         self.wait_until_finished()
+        if self._collective is not None:
+            from ckpt import dist_save
+
+            return dist_save.restore(self, self._collective, None if step is None
+                                     else _as_step(step), into, keys, strict, verify, device)
         if step is not None:
             return self._restore_step(_as_step(step), into, keys, strict, verify, device)
         skipped, tried = [], set()
@@ -396,6 +424,11 @@ class CheckpointManager:
     def _read_tree(self, step_dir: str, record: dict, keys: Any, verify: bool,
                    device: Any, into: Any = None, strict: bool = True) -> Any:
         data_path, index = manifest.open_data(step_dir, record["step"], record)
+        if into is not None and (self._collective is not None or "distributed" in record):
+            from ckpt import dist_save  # FQN state dicts and DTensor boxes
+
+            return dist_save.read_into(data_path, index, into, keys=keys, strict=strict,
+                                       verify=verify, progress=self.progress, where=step_dir)
         if into is not None:
             return restore_into(data_path, index, into, keys=keys, strict=strict,
                                 verify=verify, progress=self.progress, where=step_dir)
@@ -452,6 +485,9 @@ class CheckpointManager:
         """Wait for a pending save and stop the background writer."""
         if self._writer is not None:
             self._writer.close()
+        if self._collective is not None:
+            self._collective.close()
+            self._collective = None
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -485,6 +521,20 @@ def _monotonic_since(saved_at: float | None) -> float | None:
     if saved_at is None:
         return None
     return time.monotonic() - max(0.0, time.time() - saved_at)
+
+
+def _collective(distributed: bool | None, timeout: float | None) -> Any:
+    """ckpt's collectives when this manager saves and restores as a distributed job."""
+    if distributed is False:
+        return None
+    dist = sys.modules.get("torch.distributed")  # never import torch for a numpy user
+    running = (dist is not None and dist.is_available() and dist.is_initialized()
+               and dist.get_world_size() > 1)
+    if distributed is None and not running:
+        return None
+    from ckpt.distributed import DEFAULT_TIMEOUT, Collective
+
+    return Collective(DEFAULT_TIMEOUT if timeout is None else timeout)
 
 
 def _find_best(policy: Policy) -> KeepBest | None:

@@ -121,17 +121,24 @@ def _versions() -> dict[str, str]:
 
 
 def build(step: int, saved_at: float, metrics: dict, metadata: Any, index: dict,
-          retention: list | None = None) -> dict:
-    """The manifest of one step whose single data file has ``index``.
+          retention: list | None = None, extra_files: dict | None = None,
+          world_size: int | None = None) -> dict:
+    """The manifest of one step whose data file ``state.h5`` has ``index``.
 
     ``index`` is what :func:`h5format.write_state` returned (with ``file_nbytes``
     and ``index_checksum``); ``retention`` describes the saving manager's policy
-    (``policies.to_spec``).
+    (``policies.to_spec``). A distributed save adds the rank files (``extra_files``,
+    name -> size and index checksum, as ``state.h5``'s index records them too) and
+    the ``world_size`` that wrote them.
     """
     data_file = {"nbytes": index["file_nbytes"], "index_checksum": index["index_checksum"]}
-    return {"format": index_check.FORMAT, "version": VERSION, "step": step,
-            "time": saved_at, "metrics": metrics, "metadata": metadata,
-            "retention": retention, "versions": _versions(), "files": {DATA_NAME: data_file}}
+    record = {"format": index_check.FORMAT, "version": VERSION, "step": step,
+              "time": saved_at, "metrics": metrics, "metadata": metadata,
+              "retention": retention, "versions": _versions(),
+              "files": {DATA_NAME: data_file, **(extra_files or {})}}
+    if world_size is not None:
+        record["distributed"] = {"world_size": world_size}
+    return record
 
 
 def check_metadata(metadata: Any, *, max_bytes: int | None = None) -> None:
@@ -247,7 +254,7 @@ def _problem(manifest: Any, step: int) -> str | None:
         return f"manifest time {str(saved_at)[:30]} is not a time between 1970 and 9999"
     return (_metrics_problem(manifest.get("metrics"))
             or _retention_problem(manifest.get("retention"))
-            or _files_problem(manifest.get("files"), version))
+            or _files_problem(manifest, version))
 
 
 def _metrics_problem(metrics: Any) -> str | None:
@@ -293,15 +300,24 @@ def _retention_problem(retention: Any) -> str | None:
     return None
 
 
-def _files_problem(files: Any, version: int) -> str | None:
+def _files_problem(manifest: dict, version: int) -> str | None:
+    files = manifest.get("files")
     if not isinstance(files, dict) or not isinstance(files.get(DATA_NAME), dict):
         return f"manifest names no {DATA_NAME}"
     if version == 1:
         return None  # the index it holds is checked when the data file is opened
-    record = files[DATA_NAME]
-    nbytes, expected = record.get("nbytes"), record.get("index_checksum")
-    if type(nbytes) is not int or nbytes < 0 or not isinstance(expected, str):
-        return f"manifest entry of {DATA_NAME} needs nbytes (an int) and index_checksum"
+    for name, record in files.items():
+        if name != DATA_NAME and not index_check.RANK_FILE.fullmatch(str(name)):
+            return f"manifest names a data file {str(name)[:60]!r} that no step holds"
+        nbytes = record.get("nbytes") if isinstance(record, dict) else None
+        expected = record.get("index_checksum") if isinstance(record, dict) else None
+        if type(nbytes) is not int or nbytes < 0 or not isinstance(expected, str):
+            return f"manifest entry of {str(name)[:60]} needs nbytes (an int) and " \
+                   "index_checksum"
+    distributed = manifest.get("distributed")
+    if distributed is not None and not (isinstance(distributed, dict)
+                                        and type(distributed.get("world_size")) is int):
+        return "manifest distributed record needs a world_size"
     return None
 
 
@@ -338,8 +354,10 @@ def open_data(step_dir: str, step: int, manifest: dict) -> tuple[str, dict]:
 
 def step_info(manifest: dict, step_dir: str) -> StepInfo:
     """The :class:`StepInfo` a manifest describes (from the manifest alone)."""
-    record = manifest["files"][DATA_NAME]
-    nbytes = record.get("nbytes" if manifest["version"] >= 2 else "file_nbytes", 0)
+    if manifest["version"] >= 2:  # every data file of the step (one per rank, distributed)
+        nbytes = sum(r["nbytes"] for r in manifest["files"].values())
+    else:
+        nbytes = manifest["files"][DATA_NAME].get("file_nbytes", 0)
     return StepInfo(step=manifest["step"], time=float(manifest["time"]),
                     metrics=dict(manifest["metrics"]), path=step_dir,
                     nbytes=nbytes if type(nbytes) is int else 0,

@@ -17,6 +17,8 @@ import logging
 import warnings
 from typing import Any
 
+import numpy as np
+
 from ckpt import h5format, template
 from ckpt.errors import StateMismatchError
 from ckpt.tree import decode_tree, keystr, leaf_paths, normalize_keys, select, unflatten
@@ -27,17 +29,21 @@ log = logging.getLogger("ckpt")
 
 
 def restore_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: bool,
-                 verify: bool, progress: bool | None, where: str) -> Any:
+                 verify: bool, progress: bool | None, where: str,
+                 regions: dict | None = None) -> Any:
     """Fill ``into`` from the state file at ``data_path`` (with ``index``); return it.
 
     ``where`` names the checkpoint in errors (the step directory or file).
+    ``regions`` maps key paths to ``(offsets, shape)``: the template holds only that
+    box of the stored leaf there (a shard of a distributed restore), which is all
+    that is compared and read.
     """
     treedef, wanted = index["tree"], None
     if keys is not None:
         treedef, missing = select(treedef, keys)
         h5format.raise_missing_keys(data_path, missing)
         wanted = {number for _, number in leaf_paths(treedef)}
-    entries = index["leaves"]
+    entries, boxes = _boxes(index, regions or {}, wanted)
     specs = unflatten(treedef, {n: template.LeafSpec(n, entries[n])
                                 for _, n in leaf_paths(treedef)})
     paths = normalize_keys(keys) if keys is not None else [()]
@@ -46,8 +52,13 @@ def restore_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: b
     for path, part, spec in pairs:
         template.plan(part, spec, plan, path)
     _report(plan, strict, where)
+    destinations = dict(plan.destinations)
+    for number in boxes:  # a box read into a fresh array is copied into the template later
+        if number not in destinations:
+            destinations[number] = h5format.fresh_array(entries[number]["shape"],
+                                                        np.dtype(entries[number]["dtype"]))
     arrays = h5format.read_leaves(data_path, index, wanted, verify=verify, progress=progress,
-                                  into=plan.destinations)
+                                  into=destinations, regions=boxes)
     substitutes = {n: plan.targets[n] for n in plan.destinations}
     restored = decode_tree(treedef, entries, arrays, None, data_path, substitutes)
     result = into
@@ -59,6 +70,30 @@ def restore_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: b
         # that matched are restored, these kept the template's value
         raise StateMismatchError(where, plan.late)
     return result
+
+
+def _boxes(index: dict, regions: dict, wanted: set | None) -> tuple[list[dict], dict]:
+    """The entries as the template sees them (a box's shape, not the stored one) and
+    ``{leaf number: offsets}`` of the boxes."""
+    entries = index["leaves"]
+    if not regions:
+        return entries, {}
+    entries = list(entries)
+    boxes = {}
+    for path, number in leaf_paths(index["tree"]):
+        box = regions.get(tuple(path))
+        if box is None or (wanted is not None and number not in wanted):
+            continue
+        offsets, shape = box
+        stored = entries[number]
+        if len(offsets) != len(stored["shape"]) or any(
+                o + n > d for o, n, d in zip(offsets, shape, stored["shape"])):
+            continue  # the shapes differ: the plan reports it as a mismatch
+        itemsize = np.dtype(stored["dtype"]).itemsize
+        entries[number] = {**stored, "shape": list(shape),
+                           "nbytes": int(np.prod(shape, dtype=np.int64)) * itemsize}
+        boxes[number] = list(offsets)
+    return entries, boxes
 
 
 def _report(plan: template.Plan, strict: bool, where: str) -> None:

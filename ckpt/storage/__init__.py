@@ -211,6 +211,12 @@ class Store:
         """Start writing step directory ``name`` under ``root``."""
         raise NotImplementedError
 
+    def attach_step(self, location: str, final: str) -> StepWriter:
+        """A writer of more data files into a step another process began at ``location``
+        (a rank of a distributed save). Its ``abort`` removes only its own files; the
+        process that began the step commits it."""
+        raise NotImplementedError
+
     def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
                  progress: bool | None = None) -> None:
         """Write the file at ``location`` from ``(offset, buffer)`` chunks, durably,

@@ -150,6 +150,28 @@ class LocalStepWriter(StepWriter):
             fsutil.remove_dir(self.location)
 
 
+class LocalStepFiles(StepWriter):
+    """More data files in a temporary step directory another process created."""
+
+    def __init__(self, location: str, final: str) -> None:
+        self.location, self.final = location, final
+        self.written: list[str] = []
+
+    def write_file(self, name: str, size: int, chunks: list[tuple[int, Any]],
+                   progress: bool | None = None) -> None:
+        path = os.path.join(self.location, name)
+        self.written.append(path)
+        write_chunks(path, size, chunks, progress)
+
+    def commit(self, manifest: bytes) -> None:
+        raise RuntimeError("the process that began a step commits it")
+
+    def abort(self) -> None:
+        for path in self.written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 class LocalStore(Store):
     """A directory on a POSIX filesystem."""
 
@@ -199,6 +221,9 @@ class LocalStore(Store):
 
     def begin_step(self, root: str, name: str) -> StepWriter:
         return LocalStepWriter(root, name)
+
+    def attach_step(self, location: str, final: str) -> StepWriter:
+        return LocalStepFiles(location, final)
 
     def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
                  progress: bool | None = None) -> None:

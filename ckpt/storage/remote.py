@@ -258,6 +258,10 @@ class FsspecStore(Store):
     def begin_step(self, root: str, name: str) -> StepWriter:
         return FsspecStepWriter(self, root, name)
 
+    def attach_step(self, location: str, final: str) -> StepWriter:
+        root, name = location.rsplit("/", 1)  # the final prefix: there is no rename
+        return FsspecStepWriter(self, root, name)
+
     def put_file(self, location: str, size: int, chunks: list[tuple[int, Any]],
                  progress: bool | None = None) -> None:
         # one PUT, or one multipart upload completed at the end: atomic on S3
