@@ -37,6 +37,7 @@ from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    SaveError,
     StepExistsError,
 )
 from ckpt.restore import restore_into
@@ -117,7 +118,7 @@ def save(mgr: Any, coll: Any, step: int, state: Any, metrics: dict, metadata: An
                 writer = mgr.store.begin_step(mgr.root, fsutil.step_dir_name(step))
                 message = {"location": writer.location}
             except Exception as caught:  # noqa: BLE001
-                error = caught
+                error = caught = _as_save_error(caught, final, step)
                 message = {"error": _describe(caught), "exists": isinstance(caught,
                                                                            StepExistsError)}
         message = json.loads(coll.broadcast_bytes(json.dumps(message).encode()
@@ -142,6 +143,7 @@ def _write_and_commit(mgr: Any, coll: Any, writer: Any, step: int, treedef: Any,
     try:
         report.update(_write_own(mgr, coll, writer, encoded, shards))
     except Exception as caught:  # noqa: BLE001
+        caught = _as_save_error(caught, writer.final, step)
         report["error"] = _describe(caught)
         own_error: BaseException | None = caught
     else:
@@ -170,8 +172,8 @@ def _write_and_commit(mgr: Any, coll: Any, writer: Any, step: int, treedef: Any,
             _commit(mgr, writer, step, treedef, encoded, shards, reports, metrics, metadata,
                     coll.size)
         except Exception as caught:  # noqa: BLE001
-            error = caught
-            outcome = {"error": _describe(caught)}
+            error = _as_save_error(caught, writer.final, step)
+            outcome = {"error": _describe(error)}
             with contextlib.suppress(Exception):
                 writer.abort()
     outcome = json.loads(coll.broadcast_bytes(json.dumps(outcome).encode()
@@ -264,6 +266,13 @@ def _global_entry(leaf: tuple, shards: dict) -> dict:
     if shard is not None:
         entry["shards"] = []
     return entry
+
+
+def _as_save_error(error: BaseException, final: str, step: int) -> BaseException:
+    """An ``OSError`` as the :class:`~ckpt.SaveError` a single-process save raises."""
+    if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+        return SaveError.from_os_error(error.filename or final, step, error)
+    return error
 
 
 def _describe(error: BaseException) -> str:

@@ -27,10 +27,14 @@ import ckpt
 torch.use_deterministic_algorithms(True)
 
 
+# WIDE=1: a first layer of 128 KiB, whose weight and Adam slots are "large" leaves
+WIDTH, HIDDEN = (128, 256) if os.environ.get("WIDE") else (16, 37)
+
+
 def build(kind: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 37), torch.nn.Dropout(0.2),
-                                torch.nn.ReLU(), torch.nn.Linear(37, 5))
+    model = torch.nn.Sequential(torch.nn.Linear(WIDTH, HIDDEN), torch.nn.Dropout(0.2),
+                                torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 5))
     if kind == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -48,7 +52,7 @@ def build(kind: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 
 def batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1000 * step + rank)
-    return torch.randn(8, 16, generator=generator), torch.randn(8, 5, generator=generator)
+    return torch.randn(8, WIDTH, generator=generator), torch.randn(8, 5, generator=generator)
 
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -71,7 +75,8 @@ def main() -> None:
     model, optimizer = build(kind)
     mgr = ckpt.CheckpointManager(directory, save_every=int(os.environ.get("SAVE_EVERY", 2)),
                                  keep=ckpt.KeepLast(2),
-                                 timeout=float(os.environ.get("CKPT_TIMEOUT", 60)))
+                                 timeout=float(os.environ.get("CKPT_TIMEOUT", 60)),
+                                 distributed=True if os.environ.get("FORCE_DIST") else None)
     state = {"model": model, "optim": optimizer, "step": 0, "rng": ckpt.RNGState()}
     if mode == "train":
         total = int(sys.argv[4])
