@@ -36,15 +36,19 @@ class StagingPool:
     def __init__(self) -> None:
         self._free: dict[tuple, list[np.ndarray]] = {}
 
-    def stage(self, leaves: list[tuple]) -> list[tuple]:
-        """Copy every leaf's array into a pooled buffer; returns the staged leaves.
+    def stage(self, leaves: list[tuple], only: Any = None) -> list[tuple]:
+        """Copy every leaf's array (or those numbered in ``only``) into a pooled
+        buffer; returns the staged leaves (the others as they were).
 
         Buffers not used by this save are dropped, so the pool never holds more
         than one copy of the state.
         """
         staged, used, copies = [], {}, []
-        for path, kind, array, extra in leaves:
-            if "alias" in extra:  # no bytes of its own: its base is staged
+        chosen = None if only is None else set(only)
+        for number, (path, kind, array, extra) in enumerate(leaves):
+            # an alias has no bytes of its own (its base is staged); a leaf another
+            # rank writes is only looked at for its shape and dtype
+            if "alias" in extra or (chosen is not None and number not in chosen):
                 staged.append((path, kind, array, extra))
                 continue
             key = (array.shape, array.dtype.str)
@@ -109,12 +113,13 @@ class AsyncWriter:
         _live_writers.add(self)
 
     def submit(self, step: int, treedef: Any, leaves: list, metrics: dict,
-               metadata: Any) -> None:
-        """Stage the leaves (the caller may change its arrays once this returns)."""
+               metadata: Any, only: Any = None) -> None:
+        """Stage the leaves (the caller may change its arrays once this returns);
+        ``only``: the numbers of the leaves to stage (this rank's, distributed)."""
         if self._closed:
             raise RuntimeError("CheckpointManager is closed")
         self.wait()
-        staged = self._pool.stage(leaves)
+        staged = self._pool.stage(leaves, only)
         self._thread = threading.Thread(
             target=self._run, args=(step, treedef, staged, metrics, metadata),
             name=f"ckpt-save-{step}", daemon=False)

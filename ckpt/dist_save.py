@@ -43,7 +43,7 @@ from ckpt.errors import (
 from ckpt.restore import restore_into
 from ckpt.tree import encode_leaf, flatten, keystr
 
-__all__ = ["save", "restore", "read_into", "rank_file"]
+__all__ = ["prepare", "save", "write", "restore", "read_into", "rank_file"]
 
 log = logging.getLogger("ckpt")
 
@@ -95,16 +95,34 @@ def _agree(coll: Any, error: BaseException | None, what: str) -> None:
     raise CheckpointError(f"rank {coll.rank}: another rank failed to {what}; nothing saved")
 
 
-def save(mgr: Any, coll: Any, step: int, state: Any, metrics: dict, metadata: Any) -> None:
-    """Save ``state`` as step ``step`` of ``mgr`` on every rank of ``coll`` (a collective)."""
+def prepare(coll: Any, state: Any) -> tuple[Any, list, dict, list[int]]:
+    """Every rank's tree of ``state`` (treedef, encoded leaves, DTensor shards, and the
+    numbers of the leaves this rank writes); raises on every rank if any rank failed."""
     error: BaseException | None = None
+    prepared: Any = None
     try:
         treedef, encoded, shards = _encode(state)
+        prepared = (treedef, encoded, shards, _owned(encoded, shards, coll.rank, coll.size))
     except Exception as caught:  # noqa: BLE001 - handed to every rank below
         error = caught
     _agree(coll, error, "prepare its state")
+    return prepared
+
+
+def save(mgr: Any, coll: Any, step: int, state: Any, metrics: dict, metadata: Any) -> None:
+    """Save ``state`` as step ``step`` of ``mgr`` on every rank of ``coll`` (a collective)."""
+    treedef, encoded, shards, mine = prepare(coll, state)
+    write(mgr, coll, step, (treedef, shards, mine), encoded, metrics, metadata)
+
+
+def write(mgr: Any, coll: Any, step: int, plan: tuple, encoded: list, metrics: dict,
+          metadata: Any) -> None:
+    """Steps 2-6 of the protocol for a prepared state (on the caller's thread, or on
+    the background writer's with staged copies of this rank's leaves)."""
+    treedef, shards, mine = plan
     started = time.perf_counter()
     final = mgr._step_path(step)
+    error: BaseException | None = None
     with contextlib.ExitStack() as stack:
         writer = None
         message: dict[str, Any] = {}
@@ -132,16 +150,18 @@ def save(mgr: Any, coll: Any, step: int, state: Any, metrics: dict, metadata: An
                                   f"{message['error']}")
         if writer is None:
             writer = mgr.store.attach_step(message["location"], final)
-        _write_and_commit(mgr, coll, writer, step, treedef, encoded, shards, metrics, metadata)
+        _write_and_commit(mgr, coll, writer, step, treedef, encoded, shards, mine, metrics,
+                          metadata)
     log.info("rank %d: saved step %d to %s in %.2f s", coll.rank, step, final,
              time.perf_counter() - started)
 
 
 def _write_and_commit(mgr: Any, coll: Any, writer: Any, step: int, treedef: Any,
-                      encoded: list, shards: dict, metrics: dict, metadata: Any) -> None:
+                      encoded: list, shards: dict, mine: list[int], metrics: dict,
+                      metadata: Any) -> None:
     report: dict[str, Any] = {"rank": coll.rank}
     try:
-        report.update(_write_own(mgr, coll, writer, encoded, shards))
+        report.update(_write_own(mgr, coll, writer, encoded, shards, mine))
     except Exception as caught:  # noqa: BLE001
         caught = _as_save_error(caught, writer.final, step)
         report["error"] = _describe(caught)
@@ -185,9 +205,9 @@ def _write_and_commit(mgr: Any, coll: Any, writer: Any, step: int, treedef: Any,
                               f"{outcome['error']}")
 
 
-def _write_own(mgr: Any, coll: Any, writer: Any, encoded: list, shards: dict) -> dict:
+def _write_own(mgr: Any, coll: Any, writer: Any, encoded: list, shards: dict,
+               mine: list[int]) -> dict:
     """Write this rank's leaves to its own file; what the index needs about them."""
-    mine = _owned(encoded, shards, coll.rank, coll.size)
     if not mine:
         return {"pieces": []}
     name = rank_file(coll.rank)

@@ -12,7 +12,8 @@ Lightning: step ``N`` is the ``N``-th update, steps run ``1 .. total_steps``, an
 checkpoint of step ``N`` holds the state after ``N`` completed updates, so a resumed
 loop starts at ``N + 1``. SIGTERM or SIGINT during the loop sets a flag: the step
 in progress finishes, is saved, and the loop ends (``loop.preempted`` is True).
-The last step is always saved.
+The last step is always saved. Under ``torchrun`` (a distributed manager) a signal
+on any rank stops every rank after the same step, and that step is saved by all.
 """
 
 from __future__ import annotations
@@ -66,9 +67,11 @@ class TrainingLoop:
         log.info("resumed from step %d", self.resumed_from)
         # The run redoes the steps after it; damaged checkpoints of those steps would
         # block their saves, so they are moved aside (kept, not deleted).
-        for step in self.manager.step_numbers():
-            if step > self.resumed_from:
-                self.manager.set_aside(step)
+        if self.manager.coordinator:  # one rank of a distributed job moves them
+            for step in self.manager.step_numbers():
+                if step > self.resumed_from:
+                    self.manager.set_aside(step)
+        self.manager.barrier()
         return self.resumed_from + 1
 
     @property
@@ -104,7 +107,8 @@ class TrainingLoop:
             self._metrics = {}
             yield step
             last = step == self.total_steps
-            stopping = self._stop.signal is not None
+            # a signal on any rank of a distributed job stops every rank at this step
+            stopping = self.manager._any_rank(self._stop.signal is not None)
             saved = self.manager.save(step, self.state, metrics=self._metrics,
                                       force=last or stopping)
             if saved:

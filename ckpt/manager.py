@@ -110,13 +110,14 @@ class CheckpointManager:
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
         self._collective = _collective(distributed, timeout)
-        if async_save and self._collective is not None:
-            raise NotImplementedError("async_save in a distributed job is not supported yet: "
-                                      "use async_save=False")
+        # schedule and stop decisions get a group of their own: a background save may
+        # be running its collectives on the first one meanwhile
+        self._control = None if self._collective is None else _collective(True, timeout)
         if async_save:
             from ckpt.async_writer import AsyncWriter
 
-            self._writer = AsyncWriter(self._commit)
+            self._writer = AsyncWriter(self._commit if self._collective is None
+                                       else self._commit_distributed)
 
     # ------------------------------------------------------------ listing
 
@@ -221,7 +222,7 @@ class CheckpointManager:
         The directory is created here if it does not exist.
         """
         step = _as_step(step)
-        if not force and not self.should_save(step):
+        if not force and not self._due(step):
             return False
         final = self._step_path(step)
         if self.store.committed(final):  # checked again under the lock; fails fast (async too)
@@ -231,7 +232,13 @@ class CheckpointManager:
         if self._collective is not None:
             from ckpt import dist_save
 
-            dist_save.save(self, self._collective, step, state, clean, metadata)
+            if self._writer is None:
+                dist_save.save(self, self._collective, step, state, clean, metadata)
+            else:  # stage this rank's own leaves; the protocol runs on the writer thread
+                self._writer.wait()  # its collectives come before this save's
+                treedef, leaves, shards, mine = dist_save.prepare(self._collective, state)
+                self._writer.submit(step, (treedef, shards, mine), leaves, clean, metadata,
+                                    only=mine)
             self._last_save_time = time.monotonic()
             return True
         treedef, leaves = encode_tree(state)
@@ -259,6 +266,38 @@ class CheckpointManager:
                 raise
             # name the file that failed (the lock file of a read-only directory, say)
             raise SaveError.from_os_error(error.filename or final, step, error) from error
+
+    def _commit_distributed(self, step: int, plan: tuple, leaves: list, metrics: dict,
+                            metadata: Any) -> None:
+        from ckpt import dist_save
+
+        dist_save.write(self, self._collective, step, plan, leaves, metrics, metadata)
+
+    def _due(self, step: int) -> bool:
+        """``should_save``, decided by rank 0 in a distributed job when time-based
+        (clocks and save times differ between ranks; every rank must save together)."""
+        due = self.should_save(step)
+        if self._collective is None or self.save_every_seconds is None:
+            return due
+        decided = self._control.broadcast_bytes(b"1" if due else b"0")
+        return decided == b"1"
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (``flag`` itself outside a distributed job)."""
+        if self._control is None:
+            return flag
+        return not self._control.all_ok(not flag)
+
+    @property
+    def coordinator(self) -> bool:
+        """True on the one process that decides for a distributed job (rank 0), and
+        always outside one."""
+        return self._collective is None or self._collective.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank of a distributed job (nothing outside one)."""
+        if self._control is not None:
+            self._control.barrier()
 
     def _commit_locked(self, final: str, step: int, treedef: Any, leaves: list,
                        metrics: dict, metadata: Any) -> None:
@@ -485,9 +524,10 @@ class CheckpointManager:
         """Wait for a pending save and stop the background writer."""
         if self._writer is not None:
             self._writer.close()
-        if self._collective is not None:
-            self._collective.close()
-            self._collective = None
+        for collective in (self._control, self._collective):
+            if collective is not None:
+                collective.close()
+        self._control = self._collective = None
 
     def __enter__(self) -> CheckpointManager:
         return self

@@ -100,6 +100,28 @@ def main() -> None:
         out = full_state(model, optimizer)
         if rank == 0:
             ckpt.save(os.path.join(directory, "final.h5"), out)
+    elif mode == "loop":  # TrainingLoop, async saves when ASYNC=1
+        total = int(sys.argv[4])
+        mgr.close()
+        mgr = ckpt.CheckpointManager(directory, save_every=2, keep=ckpt.KeepLast(2),
+                                     async_save=bool(os.environ.get("ASYNC")))
+        delay = float(os.environ.get("STEP_DELAY", 0))
+        with ckpt.TrainingLoop(mgr, state, total_steps=total) as loop:
+            for step in loop:
+                x, y = batch(step, rank)
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                state["step"] = step
+                time.sleep(delay)
+        print(json.dumps({"rank": rank, "preempted": loop.preempted,
+                          "last_saved": loop.last_saved, "resumed": loop.resumed_from}),
+              flush=True)
+        if not loop.preempted:
+            out = full_state(model, optimizer)
+            if rank == 0:
+                ckpt.save(os.path.join(directory, "final.h5"), out)
     elif mode == "restore":
         mgr.restore(into=state)
         out = full_state(model, optimizer)

@@ -209,3 +209,27 @@ def test_job_killed_at_a_random_moment_resumes_bit_for_bit(tmp_path, kind):
     assert f'"resumed": {steps[-1]}' in results[0][1]
     assert_same_state(ckpt.load(reference / "final.h5"), ckpt.load(directory / "final.h5"))
     assert np.array_equal(_committed_steps(directory), [10, 12])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_sigterm_on_one_rank_saves_the_same_step_on_all_and_resumes(tmp_path, asynchronous):
+    reference = tmp_path / "reference"
+    run_job(2, "train", str(reference), "fsdp", "14")
+    directory = tmp_path / "run"
+    env = {"STEP_DELAY": "0.15", **({"ASYNC": "1"} if asynchronous else {})}
+    processes = start_job(2, "loop", str(directory), "fsdp", "14", env=env)
+    deadline = time.monotonic() + 120
+    while not (directory / "step_4").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.3))
+    processes[1].send_signal(signal.SIGTERM)  # the scheduler told one node only
+    results = finish(processes)
+    reports = [json.loads(out.splitlines()[-1]) for _, out, _ in results]
+    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    assert all(r["preempted"] for r in reports), reports
+    stopped = reports[0]["last_saved"]
+    assert reports[1]["last_saved"] == stopped and stopped < 14, reports
+    assert _committed_steps(directory)[-1] == stopped
+    results = run_job(2, "loop", str(directory), "fsdp", "14", env=env)
+    assert json.loads(results[0][1].splitlines()[-1])["resumed"] == stopped
+    assert_same_state(ckpt.load(reference / "final.h5"), ckpt.load(directory / "final.h5"))
