@@ -1,0 +1,351 @@
+"""Lightning: crash-safe checkpoint files and exact mid-epoch resume inside ``Trainer.fit``.
+
+Two pieces, usable apart or together:
+
+* :class:`CkptIO`, a Lightning ``CheckpointIO`` plugin: every checkpoint the
+  ``Trainer`` and ``ModelCheckpoint`` write becomes one ckpt HDF5 file, written
+  atomically, without pickle; ``trainer.fit(ckpt_path=...)`` reads it back.
+* :class:`BackupAndRestore`, a callback around a :class:`ckpt.CheckpointManager`:
+  it saves every N optimizer steps and on SIGTERM/SIGINT, and the next ``fit()``
+  of the same script continues mid-epoch with model, optimizers, schedulers,
+  precision plugin, callbacks, Lightning's loop counters, RNG streams and data
+  position restored, so that it ends bit for bit where an uninterrupted run ends.
+
+What a checkpoint holds is Lightning's own checkpoint dict (``state_dict``,
+``optimizer_states``, ``lr_schedulers``, ``loops``, ``callbacks``, the precision
+plugin's state, ``hyper_parameters`` ...), stored as a ckpt tree: key paths read
+``state_dict/'layer.weight'`` or ``optimizer_states/0/state/0/exp_avg``.
+
+Hyper-parameters are stored as they are when a tree can hold them (numbers,
+strings, None, lists, tuples, dicts, arrays). Anything else (a loss object, an
+``nn.Module``, a ``Path``) is refused before anything is written, with an
+:class:`~ckpt.UnsupportedTypeError` naming the key path: a checkpoint that
+silently lacked a hyper-parameter would rebuild a different model later.
+Lightning already stores a module's weights; leave such values out with
+``self.save_hyperparameters(ignore=[...])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from ckpt import storage
+from ckpt._signals import StopFlag
+from ckpt.errors import CheckpointError, UnsupportedTypeError
+from ckpt.files import load, save
+from ckpt.h5format import is_ckpt_file
+from ckpt.manager import CheckpointManager
+from ckpt.rng import RNGState
+from ckpt.tree import encode_tree, keystr
+
+from ._lightning_data import LightningSampler, inject_sampler
+
+__all__ = ["CkptIO", "BackupAndRestore", "to_tree"]
+
+log = logging.getLogger("ckpt")
+
+# the checkpoint keys Lightning fills from save_hyperparameters()
+_HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
+_NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
+def _plain(value: Any, path: tuple) -> Any:
+    """Hyper-parameters as plain containers; modules and other stateful objects refused."""
+    if isinstance(value, Mapping) and all(type(k) in (str, int) for k in value):
+        # AttributeDict and other dict subclasses: Lightning gives back an AttributeDict
+        return {k: _plain(v, (*path, k)) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_plain(v, (*path, i)) for i, v in enumerate(value))
+    if hasattr(value, "state_dict") and not isinstance(value, torch.Tensor):
+        raise UnsupportedTypeError(
+            keystr(path), type(value).__name__,
+            "a hyper-parameter must be a plain value; Lightning saves the weights of "
+            "modules already: leave it out with self.save_hyperparameters(ignore=[...])")
+    return value
+
+
+def to_tree(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's checkpoint dict as a ckpt tree (hyper-parameters as plain dicts).
+
+    Raises :class:`~ckpt.UnsupportedTypeError` naming the key path of a value a
+    tree cannot hold, before anything is written.
+    """
+    tree = dict(checkpoint)
+    for key in _HPARAM_KEYS:
+        if key in tree:
+            tree[key] = _plain(tree[key], (key,))
+            try:
+                encode_tree({key: tree[key]})
+            except UnsupportedTypeError as error:
+                raise UnsupportedTypeError(
+                    error.key, error.type_name,
+                    "hyper-parameters are stored as numbers, strings, None, lists, tuples, "
+                    "dicts and arrays; leave others out with "
+                    "self.save_hyperparameters(ignore=[...]) or pass a plain value") from None
+    return tree
+
+
+def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return {"lightning": pl.__version__, "epoch": int(checkpoint.get("epoch", 0)),
+            "global_step": int(checkpoint.get("global_step", 0))}
+
+
+def _device(map_location: Any) -> Any:
+    # Lightning passes callables and dicts too (torch.load's forms): those leave tensors on CPU
+    if isinstance(map_location, (str, torch.device)):
+        return map_location
+    return None
+
+
+class CkptIO(CheckpointIO):
+    """Lightning checkpoints as crash-safe ckpt files: ``Trainer(plugins=[CkptIO()])``.
+
+    ``ModelCheckpoint`` keeps its file names (``epoch=0-step=100.ckpt``), but each
+    file is one HDF5 file written atomically by :func:`ckpt.save` (temporary file,
+    fsync, rename), so a crash leaves the previous file or the new one. Loading
+    never unpickles: a file ``torch.save`` wrote is refused, not executed.
+    ``LightningModule.load_from_checkpoint`` calls ``torch.load`` directly and
+    cannot read these files; use :func:`load_checkpoint`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (creating its directory)."""
+        if storage_options is not None:
+            raise TypeError("CkptIO.save_checkpoint takes no storage_options; got "
+                            f"{storage_options!r}")
+        location = os.fspath(path)
+        if not storage.is_url(location):
+            os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
+        save(location, to_tree(checkpoint), metadata=_metadata(checkpoint))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Read a checkpoint :meth:`save_checkpoint` wrote (checksums verified)."""
+        return load_checkpoint(path, map_location=map_location)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Delete the checkpoint file at ``path`` (``ModelCheckpoint``'s ``save_top_k``)."""
+        filesystem = get_filesystem(path)
+        if filesystem.exists(path):
+            filesystem.rm(path, recursive=True)
+
+
+def load_checkpoint(path: Any, *, map_location: Any = None) -> dict[str, Any]:
+    """The Lightning checkpoint dict in a file :class:`CkptIO` wrote.
+
+    ``map_location`` (a device or its name) places the tensors; by default they
+    are on CPU, where Lightning moves them to the model's device itself.
+    """
+    location = os.fspath(path)
+    if os.path.isfile(location) and not is_ckpt_file(location):
+        raise CheckpointError(
+            f"{location} is not a checkpoint CkptIO wrote (a torch.save file?); ckpt never "
+            "unpickles: load it without the CkptIO plugin")
+    checkpoint: dict[str, Any] = load(location, device=_device(map_location))
+    return checkpoint
+
+
+def _scalar_metrics(trainer: Any) -> dict[str, float]:
+    """The trainer's logged scalars (``loss``, ``val_loss``) for retention by metric."""
+    metrics = {}
+    for name, value in trainer.callback_metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            metrics[name] = float(value)
+        elif isinstance(value, (int, float, np.number)):
+            metrics[name] = float(value)
+    return metrics
+
+
+class BackupAndRestore(Callback):
+    """Save checkpoints during ``Trainer.fit`` and resume from the newest one, exactly.
+
+    Args:
+        manager: where checkpoints go; its ``keep`` applies, and its ``save_every``
+            unless ``every_n_train_steps`` is given. The step is
+            ``trainer.global_step`` (optimizer steps; with gradient accumulation,
+            saves happen only after an optimizer step).
+        every_n_train_steps: save every that many optimizer steps (None: the
+            manager's schedule).
+        handle_signals: on SIGTERM/SIGINT, save after the current optimizer step
+            and stop ``fit`` (``preempted`` is True; ``stop_signal`` says which).
+        seed: the shuffle seed of the train data order (None: ``torch.initial_seed()``
+            when the run starts, so ``seed_everything(n)`` decides it); a resumed run
+            keeps the saved one.
+
+    The train DataLoader (``shuffle=True`` or ``False`` over a map-style dataset) is
+    rebuilt around a resumable sampler in ``on_train_start``. An explicit
+    ``fit(ckpt_path=...)`` wins over the manager's newest checkpoint. One process
+    (CPU or one GPU); the last step is always saved.
+    """
+
+    def __init__(self, manager: CheckpointManager, *, every_n_train_steps: int | None = None,
+                 handle_signals: bool = True, seed: int | None = None) -> None:
+        super().__init__()
+        if every_n_train_steps is not None and not (type(every_n_train_steps) is int
+                                                    and every_n_train_steps >= 1):
+            raise ValueError(f"every_n_train_steps must be None or an int >= 1, got "
+                             f"{every_n_train_steps!r}")
+        self.manager = manager
+        self.every_n_train_steps = every_n_train_steps
+        self.handle_signals = handle_signals
+        self.seed = seed
+        self.preempted = False
+        self.resumed_from: int | None = None
+        self.sampler: LightningSampler | None = None
+        self._stop = StopFlag("after this optimizer step")
+        self._data_state: dict | None = None
+        self._saved_rng: dict | None = None
+        self._last_step = 0  # global_step after the previous batch
+        self._last_saved: int | None = None
+        self._pending: int | None = None  # a save waiting for the validation that follows
+        self._quiet: Any = None
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal that stopped ``fit`` (exit with ``128 + stop_signal``), or None."""
+        return self._stop.signal if self.preempted else None
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data position and RNG streams: saved in every Lightning checkpoint."""
+        return {"data": None if self.sampler is None else self.sampler.state_dict(),
+                "rng": RNGState().state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved position and RNG streams until training starts."""
+        self._data_state = state_dict.get("data")
+        self._saved_rng = state_dict.get("rng")
+
+    # -------------------------------------------------------- callbacks
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Check the set-up; hand the newest checkpoint to Lightning's restore."""
+        if stage != "fit":
+            return
+        if trainer.world_size > 1:
+            raise NotImplementedError("BackupAndRestore runs in one process for now")
+        if trainer.reload_dataloaders_every_n_epochs:
+            raise ValueError("BackupAndRestore keeps one train DataLoader for the whole fit: "
+                             "reload_dataloaders_every_n_epochs is not supported")
+        to_tree({"hyper_parameters": dict(pl_module.hparams)})  # refuse now, not at step N
+        if self.manager.latest_step() is None:
+            return
+        restored = self.manager.restore()
+        self.resumed_from = self.manager.last_restored_step
+        # Lightning's own restore (model, callbacks, loops, optimizers, precision
+        # plugin, schedulers, with every on_load_checkpoint hook) reads the checkpoint
+        # its connector has loaded; fit() without ckpt_path loads none and leaves this
+        # one in place, an explicit ckpt_path replaces it.
+        trainer._checkpoint_connector._loaded_checkpoint = restored
+        for step in self.manager.step_numbers():
+            if step > self.resumed_from:
+                self.manager.set_aside(step)  # damaged newer steps would block their saves
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Put in the resumable data; take SIGTERM/SIGINT over from Lightning."""
+        if trainer.ckpt_path:  # fit(ckpt_path=...) was given: that file was restored
+            self.resumed_from = None
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        state = self._data_state if self._data_state is not None else None
+        if state is not None:
+            seed = int(state["seed"])
+        self.sampler = inject_sampler(trainer, seed, state)
+        self._last_step = trainer.global_step
+        self._last_saved = trainer.global_step if self.resumed_from is not None else None
+        if self.resumed_from is not None:
+            log.info("resumed from step %d", self.resumed_from)
+        # Lightning warns about mid-epoch resumes because it cannot skip the data; we do
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.filterwarnings("ignore", message=_NOT_RESUMABLE)
+        if self.handle_signals:
+            # after Lightning's own handlers (fit registers them after setup), so that
+            # it does not end fit from inside the step before this callback saved it
+            self._stop.install()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        """Put the RNG streams back at the moment the uninterrupted run was at."""
+        if self._saved_rng is not None:
+            RNGState().load_state_dict(self._saved_rng)
+            self._saved_rng = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Count the batch; after an optimizer step, save when due or after a signal."""
+        if self.sampler is not None:
+            self.sampler.consume()
+        step = trainer.global_step
+        if step == self._last_step:  # accumulating gradients: nothing to save yet
+            return
+        self._last_step = step
+        if not (self._stop.signal is not None or self._due(step)):
+            return
+        if self._validation_follows(trainer):
+            # Lightning skips that validation on a resume from this point; saving at
+            # its end instead is what its restart logic expects (RESTARTED_ON_LAST)
+            self._pending = step
+        else:
+            self._save_now(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        """Do the save that waited for this validation."""
+        if self._pending is not None and not trainer.sanity_checking:
+            self._pending = None
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Save the last step; put back the signal handlers and the warning filter."""
+        if trainer.global_step > 0 and self._last_saved != trainer.global_step:
+            self._save(trainer)
+        self._finish()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Put back the signal handlers; wait for a save in progress."""
+        self._finish()
+
+    # ------------------------------------------------------------ saving
+
+    def _due(self, step: int) -> bool:
+        if self.every_n_train_steps is not None:
+            return step % self.every_n_train_steps == 0
+        return self.manager.should_save(step)
+
+    @staticmethod
+    def _validation_follows(trainer: Any) -> bool:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+    def _save_now(self, trainer: Any) -> None:
+        self._save(trainer)
+        if self._stop.signal is not None:
+            self.preempted = True
+            trainer.should_stop = True
+            log.warning("preempted: saved step %d and stopped", trainer.global_step)
+
+    def _save(self, trainer: Any) -> None:
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        step = trainer.global_step
+        if self.manager.save(step, to_tree(checkpoint), metrics=_scalar_metrics(trainer),
+                             metadata=_metadata(checkpoint), force=True):
+            self._last_saved = step
+
+    def _finish(self) -> None:
+        self._stop.restore()
+        if self._quiet is not None:
+            self._quiet.__exit__(None, None, None)
+            self._quiet = None
+        self.manager.wait_until_finished()

@@ -1,0 +1,107 @@
+"""``Trainer.fit`` with ckpt's ``BackupAndRestore``, stopped by a step limit, SIGTERMed and
+SIGKILLed mid-epoch and rerun, ends bit for bit where an uninterrupted fit ends: weights,
+optimizer, scheduler, ``trainer.global_step`` and every counter of Lightning's fit loop."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import ckpt  # noqa: E402
+from tests.conftest import ROOT, assert_tree_equal, rounds  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+EXAMPLE = ROOT / "examples" / "lightning_fit.py"
+EPOCHS, BATCHES = 3, 64  # 2048 samples in batches of 32; validation after batches 32 and 64
+SAVE_EVERY = 8  # every 4th save falls on a validation, which the save waits for
+FINAL = EPOCHS * BATCHES
+TIMEOUT = 180
+
+
+def command(directory, *extra: str) -> list[str]:
+    return [sys.executable, str(EXAMPLE), "--dir", str(directory), "--epochs", str(EPOCHS),
+            "--save-every", str(SAVE_EVERY), *extra]
+
+
+def run(directory, *extra: str) -> str:
+    result = subprocess.run(command(directory, *extra), capture_output=True, text=True,
+                            timeout=TIMEOUT, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def interrupt(directory, rng: random.Random, signum: int) -> str:
+    """Run the example, send ``signum`` a seeded 0.1-1 s after its first step; its output."""
+    process = subprocess.Popen(command(directory), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("start "):
+            break
+    time.sleep(rng.uniform(0.1, 1.0))
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=TIMEOUT)
+    if signum == signal.SIGKILL:
+        assert process.returncode in (0, -signal.SIGKILL), err
+    else:  # every SIGTERM is sent with more than a second of training left
+        assert process.returncode == 128 + signal.SIGTERM, err  # saved, stopped, exit 143
+        assert "preempted at step" in out, out
+    return "".join(lines) + out
+
+
+def test_fit_stopped_killed_and_rerun_ends_bitwise_equal_to_an_uninterrupted_fit(tmp_path):
+    # the uninterrupted reference runs alongside the interrupted one (2 cores)
+    reference = subprocess.Popen(command(tmp_path / "reference", "--final",
+                                         str(tmp_path / "reference.h5")),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=ROOT)
+    resumed = tmp_path / "resumed"
+    # a step limit ends the first fit at a validation step (step 32): its save waits for
+    # the validation, and the next fit must not run that validation again
+    outputs = [run(resumed, "--max-steps", "32")]
+    assert "done: step 32," in outputs[0] and "start 1\n" in outputs[0]
+    rng = random.Random(20261203)
+    for number in range(rounds(3, 12)):
+        signum = signal.SIGTERM if number % 3 == 0 else signal.SIGKILL
+        outputs.append(interrupt(resumed, rng, signum))
+        if "done:" in outputs[-1]:
+            break
+    outputs.append(run(resumed, "--final", str(tmp_path / "resumed.h5")))
+    out, err = reference.communicate(timeout=TIMEOUT)
+    assert reference.returncode == 0, err
+
+    assert "resumed after step 32\nstart 33\n" in outputs[1]
+    assert all("start 1\n" not in o for o in outputs[1:]), outputs
+    assert sum("resumed after step" in o for o in outputs) >= 3, outputs
+    assert "start" in outputs[-1], "the last run trained (it did not resume a finished fit)"
+
+    # the trainer's live state after fit returned, in both runs
+    expected = ckpt.load(tmp_path / "reference.h5")
+    actual = ckpt.load(tmp_path / "resumed.h5")
+    assert expected["global_step"] == FINAL and expected["epoch"] == EPOCHS
+    assert expected["optimizer"]["state"], "AdamW has state"
+    assert_tree_equal(expected, actual)
+
+    # the last checkpoints, whole: Lightning's checkpoint dict plus data position and RNG
+    reference_manager = ckpt.CheckpointManager(tmp_path / "reference")
+    resumed_manager = ckpt.CheckpointManager(resumed)
+    assert reference_manager.all_steps() == resumed_manager.all_steps() == [176, 184, FINAL]
+    final = resumed_manager.restore(FINAL)
+    assert {"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks",
+            "hyper_parameters"} <= set(final)
+    assert_tree_equal(reference_manager.restore(FINAL), final)
+
+    listing = subprocess.run([sys.executable, "-m", "ckpt.cli", "ls", str(resumed)],
+                             capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert listing.returncode == 0, listing.stderr
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:-1]] == [
+        "176", "184", str(FINAL)], listing.stdout
