@@ -8,14 +8,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 pytest.importorskip("lightning")
 
 import ckpt  # noqa: E402
-from tests.conftest import ROOT, assert_tree_equal, rounds  # noqa: E402
+from tests.conftest import ROOT, assert_tree_equal, rounds, signal_after_start  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -42,20 +41,12 @@ def interrupt(directory, rng: random.Random, signum: int) -> str:
     """Run the example, send ``signum`` a seeded 0.1-1 s after its first step; its output."""
     process = subprocess.Popen(command(directory), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("start "):
-            break
-    time.sleep(rng.uniform(0.1, 1.0))
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=TIMEOUT)
     if signum == signal.SIGKILL:
-        assert process.returncode in (0, -signal.SIGKILL), err
-    else:  # every SIGTERM is sent with more than a second of training left
-        assert process.returncode == 128 + signal.SIGTERM, err  # saved, stopped, exit 143
-        assert "preempted at step" in out, out
-    return "".join(lines) + out
+        return signal_after_start(process, rng, signum, TIMEOUT)
+    # every SIGTERM is sent with more than a second of training left: saved, stopped, 143
+    out = signal_after_start(process, rng, signum, TIMEOUT, exit_codes=(128 + signum,))
+    assert "preempted at step" in out, out
+    return out
 
 
 def test_fit_stopped_killed_and_rerun_ends_bitwise_equal_to_an_uninterrupted_fit(tmp_path):

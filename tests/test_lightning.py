@@ -1,0 +1,158 @@
+"""ckpt.integrations.lightning with real Lightning on CPU: CkptIO files written by
+ModelCheckpoint and read by fit(ckpt_path=...), refused hyper-parameters, no unpickling,
+and what BackupAndRestore refuses or counts."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import warnings
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa: E402
+
+import ckpt  # noqa: E402
+from ckpt.h5format import is_ckpt_file  # noqa: E402
+from ckpt.integrations.lightning import BackupAndRestore, CkptIO, load_checkpoint  # noqa: E402
+from tests.conftest import assert_tree_equal  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self, hidden: int = 8, extra: object = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.Dropout(0.2), nn.Linear(hidden, 1))
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
+        return {"optimizer": optimizer,
+                "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)}
+
+
+class AtTrainStart(pl.Callback):
+    """Records what fit() restored: the step and the weights when training starts."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.global_step = trainer.global_step
+        self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def loader(batches: int = 12) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batches * 4, 4, generator=generator)
+    return DataLoader(TensorDataset(inputs, inputs.sum(1, keepdim=True)), batch_size=4,
+                      shuffle=True)
+
+
+def trainer(**options) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, **options)
+
+
+@pytest.fixture(autouse=True)
+def quiet_lightning():
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        yield
+
+
+def test_model_checkpoint_writes_ckpt_files_that_fit_ckpt_path_resumes(tmp_path):
+    keep = ModelCheckpoint(dirpath=tmp_path / "mc", every_n_train_steps=4, save_top_k=2,
+                           monitor="loss")
+    trainer(max_epochs=1, plugins=[CkptIO()], callbacks=[keep]).fit(Tiny(), loader())
+
+    files = sorted((tmp_path / "mc").iterdir())
+    assert len(files) == 2, files  # save_top_k removed the third through CkptIO
+    for path in files:
+        assert is_ckpt_file(str(path)) and path.read_bytes()[:2] != b"PK"  # not torch.save's zip
+    saved = ckpt.load(keep.best_model_path)  # plain ckpt.load reads them too
+    assert saved["hyper_parameters"] == {"hidden": 8, "extra": None}
+    assert saved["optimizer_states"][0]["state"][0]["exp_avg"].dtype == torch.float32
+    assert any(key.startswith("ModelCheckpoint") for key in saved["callbacks"])
+    assert ckpt.load_metadata(keep.best_model_path)["global_step"] == saved["global_step"]
+
+    seen = AtTrainStart()
+    trainer(max_epochs=2, plugins=[CkptIO()], callbacks=[seen],
+            enable_checkpointing=False).fit(Tiny(), loader(), ckpt_path=keep.best_model_path)
+    assert seen.global_step == saved["global_step"] > 0
+    assert sorted(seen.weights) == sorted(saved["state_dict"])
+    for name, tensor in saved["state_dict"].items():
+        assert_tree_equal(seen.weights[name], tensor, name)
+
+
+def test_hyper_parameters_a_tree_cannot_hold_are_refused_naming_the_key(tmp_path):
+    target = tmp_path / "x.ckpt"
+    checkpoint = {"state_dict": {}, "hyper_parameters": {"paths": [pathlib.Path("data")]}}
+    with pytest.raises(ckpt.UnsupportedTypeError, match=r"hyper_parameters/paths/0: .*ignore"):
+        CkptIO().save_checkpoint(checkpoint, target)
+    module = {"state_dict": {}, "hyper_parameters": {"loss": nn.CrossEntropyLoss()}}
+    with pytest.raises(ckpt.UnsupportedTypeError,
+                       match=r"hyper_parameters/loss: .*save_hyperparameters\(ignore"):
+        CkptIO().save_checkpoint(module, target)
+    assert not target.exists()
+
+    # BackupAndRestore refuses at fit's start, not at its first save
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    with pytest.raises(ckpt.UnsupportedTypeError, match="hyper_parameters/extra"):
+        trainer(max_epochs=1, callbacks=[BackupAndRestore(manager)]).fit(
+            Tiny(extra=object()), loader())
+    assert manager.all_steps() == []
+
+
+def test_a_torch_save_file_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(ckpt.CheckpointError, match="never unpickles"):
+        CkptIO().load_checkpoint(path)
+    with pytest.raises(ckpt.CheckpointError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_saves_only_after_optimizer_steps_with_gradient_accumulation(tmp_path):
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    backup = BackupAndRestore(manager, every_n_train_steps=2)
+    fit = trainer(max_epochs=1, accumulate_grad_batches=3, callbacks=[backup],
+                  enable_checkpointing=False)
+    fit.fit(Tiny(), loader(12))
+    assert fit.global_step == 4 and manager.all_steps() == [2, 4]
+    restored = manager.restore(4)
+    assert restored["global_step"] == 4
+    # 4 steps of 3 batches: the whole epoch is consumed
+    assert restored["callbacks"]["BackupAndRestore"]["data"]["position"] == 48
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter([(torch.ones(4), torch.ones(1))] * 8)
+
+
+def test_a_loader_that_cannot_resume_mid_epoch_is_refused_saying_why(tmp_path):
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    with pytest.raises(ValueError, match="cannot resume an IterableDataset mid-epoch"):
+        trainer(max_epochs=1, callbacks=[BackupAndRestore(manager)]).fit(
+            Tiny(), DataLoader(Stream(), batch_size=4))
+    with pytest.raises(ValueError, match="every_n_train_steps must be None or an int >= 1"):
+        BackupAndRestore(manager, every_n_train_steps=0)
