@@ -15,12 +15,18 @@ pytest.importorskip("lightning")
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa: E402
 
 import ckpt  # noqa: E402
 from ckpt.h5format import is_ckpt_file  # noqa: E402
-from ckpt.integrations.lightning import BackupAndRestore, CkptIO, load_checkpoint  # noqa: E402
+from ckpt.integrations.lightning import (  # noqa: E402
+    BackupAndRestore,
+    CkptIO,
+    load_checkpoint,
+    load_from_checkpoint,
+)
 from tests.conftest import assert_tree_equal  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -86,6 +92,11 @@ def test_model_checkpoint_writes_ckpt_files_that_fit_ckpt_path_resumes(tmp_path)
     assert saved["optimizer_states"][0]["state"][0]["exp_avg"].dtype == torch.float32
     assert any(key.startswith("ModelCheckpoint") for key in saved["callbacks"])
     assert ckpt.load_metadata(keep.best_model_path)["global_step"] == saved["global_step"]
+
+    rebuilt = load_from_checkpoint(Tiny, keep.best_model_path, hidden=8)
+    assert rebuilt.hparams.hidden == 8 and isinstance(rebuilt, Tiny)
+    for name, tensor in saved["state_dict"].items():
+        assert_tree_equal(rebuilt.state_dict()[name], tensor, name)
 
     seen = AtTrainStart()
     trainer(max_epochs=2, plugins=[CkptIO()], callbacks=[seen],
@@ -156,3 +167,33 @@ def test_a_loader_that_cannot_resume_mid_epoch_is_refused_saying_why(tmp_path):
             Tiny(), DataLoader(Stream(), batch_size=4))
     with pytest.raises(ValueError, match="every_n_train_steps must be None or an int >= 1"):
         BackupAndRestore(manager, every_n_train_steps=0)
+
+
+def fit_with_scaler(directory, max_steps: int) -> tuple:
+    """Two epochs of 16-mixed on CPU with a GradScaler whose scale grows every 3 steps."""
+    pl.seed_everything(0, verbose=False)
+    precision = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler(
+        "cpu", init_scale=2.0**10, growth_interval=3))
+    model = Tiny()
+    backup = BackupAndRestore(ckpt.CheckpointManager(directory), every_n_train_steps=4)
+    fit = trainer(max_epochs=2, max_steps=max_steps, plugins=[precision], callbacks=[backup],
+                  enable_checkpointing=False)
+    fit.fit(model, loader())
+    return model, fit, precision.scaler
+
+
+def test_a_fit_stopped_mid_epoch_resumes_in_process_with_the_precision_plugin_state(tmp_path):
+    model, fit, scaler = fit_with_scaler(tmp_path / "reference", -1)
+    assert fit.global_step == 24 and scaler.get_scale() > 2.0**10  # the scale grew
+
+    stopped = fit_with_scaler(tmp_path / "resumed", 10)[1]  # mid-epoch, not a save step
+    assert stopped.global_step == 10
+    assert ckpt.CheckpointManager(tmp_path / "resumed").all_steps() == [4, 8, 10]
+    resumed_model, resumed_fit, resumed_scaler = fit_with_scaler(tmp_path / "resumed", -1)
+
+    assert resumed_fit.global_step == 24
+    assert resumed_scaler.state_dict() == scaler.state_dict()
+    assert_tree_equal(resumed_fit.fit_loop.state_dict(), fit.fit_loop.state_dict())
+    assert_tree_equal(resumed_fit.optimizers[0].state_dict(), fit.optimizers[0].state_dict())
+    for name, tensor in model.state_dict().items():
+        assert_tree_equal(resumed_model.state_dict()[name], tensor, name)

@@ -51,7 +51,7 @@ from ckpt.tree import encode_tree, keystr
 
 from ._lightning_data import LightningSampler, inject_sampler
 
-__all__ = ["CkptIO", "BackupAndRestore", "to_tree"]
+__all__ = ["CkptIO", "BackupAndRestore", "load_checkpoint", "load_from_checkpoint", "to_tree"]
 
 log = logging.getLogger("ckpt")
 
@@ -116,7 +116,7 @@ class CkptIO(CheckpointIO):
     fsync, rename), so a crash leaves the previous file or the new one. Loading
     never unpickles: a file ``torch.save`` wrote is refused, not executed.
     ``LightningModule.load_from_checkpoint`` calls ``torch.load`` directly and
-    cannot read these files; use :func:`load_checkpoint`.
+    cannot read these files; :func:`load_from_checkpoint` does what it does.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
@@ -157,6 +157,20 @@ def load_checkpoint(path: Any, *, map_location: Any = None) -> dict[str, Any]:
     return checkpoint
 
 
+def load_from_checkpoint(cls: type, path: Any, *, map_location: Any = None,
+                         strict: bool | None = None, **kwargs: Any) -> Any:
+    """``cls.load_from_checkpoint(path)`` for a file :class:`CkptIO` wrote.
+
+    The module is built from the saved hyper-parameters (``kwargs`` override
+    them), its ``on_load_checkpoint`` hook runs and the weights are loaded, as
+    Lightning's own method does.
+    """
+    from lightning.pytorch.core.saving import _load_state
+
+    return _load_state(cls, load_checkpoint(path, map_location=map_location), strict=strict,
+                       **kwargs)
+
+
 def _scalar_metrics(trainer: Any) -> dict[str, float]:
     """The trainer's logged scalars (``loss``, ``val_loss``) for retention by metric."""
     metrics = {}
@@ -166,6 +180,15 @@ def _scalar_metrics(trainer: Any) -> dict[str, float]:
         elif isinstance(value, (int, float, np.number)):
             metrics[name] = float(value)
     return metrics
+
+
+def _last_step(trainer: Any) -> bool:
+    """Whether fit ends after this batch: a stop, ``max_steps``, the last epoch's end."""
+    if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0 and (
+        trainer.current_epoch >= trainer.max_epochs - 1)
+    return bool(last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 class BackupAndRestore(Callback):
@@ -211,6 +234,7 @@ class BackupAndRestore(Callback):
         self._last_saved: int | None = None
         self._pending: int | None = None  # a save waiting for the validation that follows
         self._quiet: Any = None
+        self._trainer: Any = None
 
     @property
     def stop_signal(self) -> int | None:
@@ -221,8 +245,15 @@ class BackupAndRestore(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Data position and RNG streams: saved in every Lightning checkpoint."""
-        return {"data": None if self.sampler is None else self.sampler.state_dict(),
-                "rng": RNGState().state_dict()}
+        data = None
+        if self.sampler is not None:
+            # Lightning's own count of the epoch's batches, so that a ModelCheckpoint
+            # that saves before this callback's hook has run gets the same position
+            batches = self._trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            order = self.sampler.order
+            data = {**order.state_dict(),
+                    "position": min(batches * order.batch_size, len(order))}
+        return {"data": data, "rng": RNGState().state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the saved position and RNG streams until training starts."""
@@ -241,6 +272,10 @@ class BackupAndRestore(Callback):
             raise ValueError("BackupAndRestore keeps one train DataLoader for the whole fit: "
                              "reload_dataloaders_every_n_epochs is not supported")
         to_tree({"hyper_parameters": dict(pl_module.hparams)})  # refuse now, not at step N
+        self._trainer = trainer
+        # last, after the callbacks that stop training (Timer for max_time, EarlyStopping)
+        # and after ModelCheckpoint: a stop they ask for in a hook is seen in the same hook
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
         if self.manager.latest_step() is None:
             return
         restored = self.manager.restore()
@@ -285,14 +320,12 @@ class BackupAndRestore(Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        """Count the batch; after an optimizer step, save when due or after a signal."""
-        if self.sampler is not None:
-            self.sampler.consume()
+        """After an optimizer step: save when due, at the last step, or after a signal."""
         step = trainer.global_step
         if step == self._last_step:  # accumulating gradients: nothing to save yet
             return
         self._last_step = step
-        if not (self._stop.signal is not None or self._due(step)):
+        if not (self._stop.signal is not None or self._due(step) or _last_step(trainer)):
             return
         if self._validation_follows(trainer):
             # Lightning skips that validation on a resume from this point; saving at
@@ -302,14 +335,19 @@ class BackupAndRestore(Callback):
             self._save_now(trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        """Do the save that waited for this validation."""
-        if self._pending is not None and not trainer.sanity_checking:
+        """Do the save that waited for this validation, or save a stop asked for in it."""
+        if trainer.sanity_checking:
+            return
+        stopping = trainer.should_stop and self._last_saved != trainer.global_step
+        if self._pending is not None or stopping:  # EarlyStopping stops here, before us
             self._pending = None
             self._save_now(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        """Save the last step; put back the signal handlers and the warning filter."""
+        """Save the last step if no hook did; put back signal handlers and warning filter."""
         if trainer.global_step > 0 and self._last_saved != trainer.global_step:
+            # a stop asked for at an epoch's end (after the last save point): Lightning
+            # has counted the epoch as complete, and so does this checkpoint
             self._save(trainer)
         self._finish()
 
@@ -326,8 +364,17 @@ class BackupAndRestore(Callback):
 
     @staticmethod
     def _validation_follows(trainer: Any) -> bool:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        """Whether Lightning validates after this batch, not counting a stop's validation.
+
+        A stop (``should_stop``) makes Lightning validate once more; a run that did
+        not stop would not, so that validation must come after the save.
+        """
+        stop, trainer.should_stop = trainer.should_stop, False
+        try:
+            epoch_loop = trainer.fit_loop.epoch_loop
+            return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        finally:
+            trainer.should_stop = stop
 
     def _save_now(self, trainer: Any) -> None:
         self._save(trainer)
