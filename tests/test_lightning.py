@@ -75,6 +75,10 @@ def quiet_lightning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        # Lightning's advice about the set-ups these tests make on purpose
+        for advice in ("Be aware that when using `ckpt_path`", "The dirpath has changed",
+                       "You're resuming from a checkpoint that ended before"):
+            warnings.filterwarnings("ignore", message=advice)
         yield
 
 
@@ -197,3 +201,34 @@ def test_a_fit_stopped_mid_epoch_resumes_in_process_with_the_precision_plugin_st
     assert_tree_equal(resumed_fit.optimizers[0].state_dict(), fit.optimizers[0].state_dict())
     for name, tensor in model.state_dict().items():
         assert_tree_equal(resumed_model.state_dict()[name], tensor, name)
+
+
+def fit_tiny(directory, checkpoints, ckpt_path=None) -> tuple:
+    """Two epochs of 12 steps; ModelCheckpoint writes every 5th step through CkptIO."""
+    pl.seed_everything(0, verbose=False)
+    model, seen = Tiny(), AtTrainStart()
+    every_5 = ModelCheckpoint(dirpath=checkpoints, filename="{step}", every_n_train_steps=5,
+                              save_top_k=-1)
+    backup = BackupAndRestore(ckpt.CheckpointManager(directory), every_n_train_steps=4)
+    fit = trainer(max_epochs=2, plugins=[CkptIO()], callbacks=[backup, every_5, seen])
+    fit.fit(model, loader(), ckpt_path=ckpt_path)
+    return model, fit, seen
+
+
+def test_fit_ckpt_path_wins_and_a_model_checkpoint_file_resumes_exactly(tmp_path):
+    model, fit, _ = fit_tiny(tmp_path / "run", tmp_path / "mc")
+    manager = ckpt.CheckpointManager(tmp_path / "run")
+    assert manager.all_steps() == [4, 8, 12, 16, 20, 24]
+
+    # the manager's newest is step 24; the file of step 10 is what fit() is given
+    again, again_fit, seen = fit_tiny(tmp_path / "run", tmp_path / "mc2",
+                                      ckpt_path=tmp_path / "mc" / "step=10.ckpt")
+    assert seen.global_step == 10  # mid-epoch: the file holds the data position and RNG
+    assert again_fit.global_step == 24
+    assert_tree_equal(again_fit.fit_loop.state_dict(), fit.fit_loop.state_dict())
+    assert_tree_equal(again_fit.optimizers[0].state_dict(), fit.optimizers[0].state_dict())
+    for name, tensor in model.state_dict().items():
+        assert_tree_equal(again.state_dict()[name], tensor, name)
+    # the steps after 10 of the first run were moved aside, not deleted, and saved anew
+    assert manager.all_steps() == [4, 8, 12, 16, 20, 24]
+    assert len([p for p in (tmp_path / "run").iterdir() if p.name.startswith("damaged-")]) == 4

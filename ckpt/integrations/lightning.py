@@ -293,6 +293,9 @@ class BackupAndRestore(Callback):
         """Put in the resumable data; take SIGTERM/SIGINT over from Lightning."""
         if trainer.ckpt_path:  # fit(ckpt_path=...) was given: that file was restored
             self.resumed_from = None
+            for step in self.manager.step_numbers():
+                if step > trainer.global_step:  # another future: kept aside, not deleted
+                    self.manager.set_aside(step)
         seed = self.seed if self.seed is not None else torch.initial_seed()
         state = self._data_state if self._data_state is not None else None
         if state is not None:
