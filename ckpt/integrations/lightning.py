@@ -266,6 +266,9 @@ class BackupAndRestore(Callback):
         """Check the set-up; hand the newest checkpoint to Lightning's restore."""
         if stage != "fit":
             return
+        self.preempted, self.resumed_from, self._pending = False, None, None
+        self._stop.signal = None
+        self._data_state = self._saved_rng = None  # Lightning's restore may set them next
         if trainer.world_size > 1:
             raise NotImplementedError("BackupAndRestore runs in one process for now")
         if trainer.reload_dataloaders_every_n_epochs:
@@ -296,11 +299,14 @@ class BackupAndRestore(Callback):
             for step in self.manager.step_numbers():
                 if step > trainer.global_step:  # another future: kept aside, not deleted
                     self.manager.set_aside(step)
+        state = self._data_state
+        if state is None and trainer.fit_loop.epoch_loop.batch_progress.current.completed:
+            warnings.warn("ckpt: this checkpoint holds no data position (BackupAndRestore did "
+                          "not write it): the interrupted epoch's data starts again from its "
+                          "first batch", stacklevel=2)
         seed = self.seed if self.seed is not None else torch.initial_seed()
-        state = self._data_state if self._data_state is not None else None
-        if state is not None:
-            seed = int(state["seed"])
-        self.sampler = inject_sampler(trainer, seed, state)
+        self.sampler = inject_sampler(trainer, seed if state is None else int(state["seed"]),
+                                      state)
         self._last_step = trainer.global_step
         self._last_saved = trainer.global_step if self.resumed_from is not None else None
         if self.resumed_from is not None:
