@@ -127,7 +127,19 @@ def test_hyper_parameters_a_tree_cannot_hold_are_refused_naming_the_key(tmp_path
     with pytest.raises(ckpt.UnsupportedTypeError, match="hyper_parameters/extra"):
         trainer(max_epochs=1, callbacks=[BackupAndRestore(manager)]).fit(
             Tiny(extra=object()), loader())
+    with pytest.raises(ckpt.UnsupportedTypeError, match="datamodule_hyper_parameters/root"):
+        trainer(max_epochs=1, callbacks=[BackupAndRestore(manager)]).fit(
+            Tiny(), datamodule=Data(root=pathlib.Path("data")))
     assert manager.all_steps() == []
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, root: object = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def train_dataloader(self) -> DataLoader:
+        return loader()
 
 
 def test_a_torch_save_file_is_refused_and_never_unpickled(tmp_path):

@@ -144,7 +144,10 @@ class BackupAndRestore(Callback):
         if trainer.reload_dataloaders_every_n_epochs:
             raise ValueError("BackupAndRestore keeps one train DataLoader for the whole fit: "
                              "reload_dataloaders_every_n_epochs is not supported")
-        to_tree({"hyper_parameters": dict(pl_module.hparams)})  # refuse now, not at step N
+        hparams = {"hyper_parameters": dict(pl_module.hparams)}
+        if trainer.datamodule is not None:
+            hparams["datamodule_hyper_parameters"] = dict(trainer.datamodule.hparams)
+        to_tree(hparams)  # refuse now, not at step N
         self._trainer = trainer
         # last, after the callbacks that stop training (Timer for max_time, EarlyStopping)
         # and after ModelCheckpoint: a stop they ask for in a hook is seen in the same hook
