@@ -66,7 +66,7 @@ class BackupAndRestore(Callback):
 
     Args:
         manager: where checkpoints go; its ``keep`` applies, and its ``save_every``
-            unless ``every_n_train_steps`` is given. The step is
+            and ``save_every_seconds`` unless ``every_n_train_steps`` is given. The step is
             ``trainer.global_step`` (optimizer steps; with gradient accumulation,
             saves happen only after an optimizer step).
         every_n_train_steps: save every that many optimizer steps (None: the
@@ -80,7 +80,7 @@ class BackupAndRestore(Callback):
     The train DataLoader (``shuffle=True`` or ``False`` over a map-style dataset) is
     rebuilt around a resumable sampler in ``on_train_start``. An explicit
     ``fit(ckpt_path=...)`` wins over the manager's newest checkpoint. One process
-    (CPU or one GPU); the last step is always saved.
+    (tested on CPU); the last step is always saved.
     """
 
     def __init__(self, manager: CheckpointManager, *, every_n_train_steps: int | None = None,
