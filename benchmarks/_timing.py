@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -25,3 +26,25 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rotate(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds of each variant over ``runs`` rounds in rotating order."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(runs):
+        for offset in range(len(names)):
+            name = names[(round_number + offset) % len(names)]
+            # no variant pays for the write-back of the one before (save_weights and
+            # torch.save do not fsync: their dirty pages would land on the next variant)
+            os.sync()
+            times[name].append(timed(variants[name]))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(title: str, medians: dict[str, float], baselines: dict[str, str]) -> None:
+    """Print each variant's median and its ratio to its baseline (lower is faster)."""
+    print(f"\n{title}")
+    print(f"{'variant':34} {'median s':>9} {'x baseline':>11}")
+    for name, seconds in medians.items():
+        print(f"{name:34} {seconds:9.3f} {seconds / medians[baselines[name]]:10.2f}x")

@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import fsync_path  # noqa: E402 - benchmarks/ is on sys.path as a script
+from _timing import fsync_path, report, rotate  # noqa: E402 - benchmarks/ is on sys.path as a script
 
 import ckpt  # noqa: E402
 
@@ -39,33 +36,6 @@ def make_model(million_params: int) -> keras.Model:
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)
     return model
-
-
-def timed(function: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
-def rotate(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds of each variant over ``runs`` rounds in rotating order."""
-    names = list(variants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_number in range(runs):
-        for offset in range(len(names)):
-            name = names[(round_number + offset) % len(names)]
-            # no variant pays for the write-back of the one before (save_weights does
-            # not fsync: its dirty pages would otherwise land on the next variant)
-            os.sync()
-            times[name].append(timed(variants[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def report(title: str, medians: dict[str, float], baselines: dict[str, str]) -> None:
-    print(f"\n{title}")
-    print(f"{'variant':34} {'median s':>9} {'x baseline':>11}")
-    for name, seconds in medians.items():
-        print(f"{name:34} {seconds:9.3f} {seconds / medians[baselines[name]]:10.2f}x")
 
 
 def bench_keras(directory: Path, million_params: int, runs: int) -> None:

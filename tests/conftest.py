@@ -36,9 +36,11 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
     return result
 
 
-def signal_after_start(process: subprocess.Popen, rng, signum: int, timeout: float) -> str:
+def signal_after_start(process: subprocess.Popen, rng, signum: int, timeout: float,
+                       exit_codes: tuple[int, ...] | None = None) -> str:
     """Wait for a training example's ``start N`` line, send ``signum`` a seeded random
-    0.1-1 s later, and return all it printed; it must exit 0 (or die of SIGKILL)."""
+    0.1-1 s later, and return all it printed; it must exit with one of ``exit_codes``
+    (default: 0, or death by SIGKILL)."""
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -47,7 +49,7 @@ def signal_after_start(process: subprocess.Popen, rng, signum: int, timeout: flo
     time.sleep(rng.uniform(0.1, 1.0))
     process.send_signal(signum)
     out, err = process.communicate(timeout=timeout)
-    allowed = (0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,)
+    allowed = exit_codes or ((0, -signal.SIGKILL) if signum == signal.SIGKILL else (0,))
     assert process.returncode in allowed, err
     return "".join(lines) + out
 

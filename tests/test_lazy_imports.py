@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import run_python
 
-FRAMEWORKS = ("torch", "keras", "jax", "jaxlib", "flax", "optax", "tensorflow")
+FRAMEWORKS = ("torch", "keras", "jax", "jaxlib", "flax", "optax", "tensorflow", "lightning",
+              "pytorch_lightning")
 
 
 def test_import_ckpt_and_a_numpy_save_import_no_framework(tmp_path):

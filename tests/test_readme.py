@@ -1,9 +1,13 @@
-"""The README's quick start runs as printed and prints what its comments say."""
+"""The README's quick start and Lightning example run as printed and print what their
+comments say."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
+
+import ckpt
 from tests.conftest import ROOT, run_python
 
 
@@ -25,3 +29,14 @@ def test_quick_start_runs_and_restores_only_steps_it_kept(tmp_path):
     assert out[1] == "400"
     assert sorted(p.name for p in (tmp_path / "runs" / "exp1").iterdir()) == [
         ".ckpt.lock", "step_1000", "step_400", "step_800", "step_900"]
+
+
+def test_lightning_example_runs_as_printed_and_model_checkpoint_writes_ckpt_files(tmp_path):
+    pytest.importorskip("lightning")
+    code = readme_block("## Lightning")
+    script = f"import os; os.chdir({str(tmp_path)!r})\n{code}"
+    assert run_python(script).stdout.strip().splitlines()[-1] == "96 [75, 96]"  # as commented
+    # Lightning's default ModelCheckpoint wrote its file through CkptIO
+    (written,) = (tmp_path / "checkpoints").iterdir()
+    assert written.name == "epoch=2-step=96.ckpt"
+    assert ckpt.load(written)["global_step"] == 96
