@@ -233,3 +233,31 @@ def test_sigterm_on_one_rank_saves_the_same_step_on_all_and_resumes(tmp_path, as
     results = run_job(2, "loop", str(directory), "fsdp", "14", env=env)
     assert json.loads(results[0][1].splitlines()[-1])["resumed"] == stopped
     assert_same_state(ckpt.load(reference / "final.h5"), ckpt.load(directory / "final.h5"))
+
+
+def test_cli_reads_a_distributed_step_as_full_tensors(fsdp_run, tmp_path, capsys):
+    from ckpt.cli import main
+
+    assert main(["diff", str(fsdp_run), "4", "6"]) in (0, 1)
+    assert "model/'0.weight'" in capsys.readouterr().out
+    out = tmp_path / "weights.safetensors"
+    assert main(["export", str(fsdp_run), "6", str(out)]) == 0
+    from safetensors.numpy import load_file
+
+    exported = load_file(str(out))
+    full = ckpt.load(fsdp_run / "final.h5")
+    assert np.array_equal(exported["model/0.weight"], full["model"]["0.weight"].numpy())
+
+
+def test_readme_torchrun_example_runs_as_printed(tmp_path):
+    port = str(free_port())
+    processes = [subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "torch_distributed.py"),
+         str(tmp_path / "ckpts-fsdp")], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"})
+        for rank in range(2)]
+    results = finish(processes)
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-2000:]
+    assert results[0][1].strip() == "[150, 200] resumed from None"  # as commented
