@@ -38,6 +38,7 @@ from ckpt.policies import (
     Policy,
     StepInfo,
     check_schedule,
+    decides_by_step,
     is_due,
     retained_steps,
     to_spec,
@@ -96,8 +97,13 @@ class CheckpointManager:
         self.lock_timeout = lock_timeout
         self.progress = progress
         self._cache: dict[int, tuple[tuple, StepInfo | None]] = {}
-        self._last_save_time = _monotonic_since(max((i.time for i in self.infos()),
-                                                    default=None))
+        # Only a time schedule needs the last save time, and only the newest step's:
+        # reading every manifest here made a fresh manager cost O(steps) (issue 15).
+        # Listing the directory anyway says at once that it is a file or unreadable.
+        newest = self._newest_info() if save_every_seconds is not None else None
+        if save_every_seconds is None:
+            self._step_dirs()
+        self._last_save_time = _monotonic_since(newest.time if newest else None)
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
         if async_save:
@@ -173,8 +179,25 @@ class CheckpointManager:
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None when there is none."""
-        steps = self.all_steps()
-        return steps[-1] if steps else None
+        newest = self._newest_info()
+        return newest.step if newest is not None else None
+
+    def _newest_info(self) -> StepInfo | None:
+        """The newest committed checkpoint, reading manifests newest first only until
+        one is valid. The rescan rule of :meth:`infos` holds: a candidate pruned
+        while we looked means a newer step was committed first, so list again."""
+        for _ in range(fsutil.RESCANS):
+            vanished = False
+            for step, step_dir in reversed(self._step_dirs().items()):
+                info = self._info(step, step_dir)
+                if info is not None:
+                    return info
+                if not self.store.committed(step_dir):
+                    vanished = True
+                    break
+            if not vanished:
+                return None
+        return None
 
     def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
         """The step with the best ``metric``; defaults to the ``KeepBest`` in ``keep``.
@@ -268,32 +291,56 @@ class CheckpointManager:
         return storage.join(self.root, fsutil.step_dir_name(step))
 
     def _prune(self) -> None:
-        infos = self.infos()
-        kept = retained_steps(self.keep, infos)
-        for info in infos:
-            if info.step not in kept:
-                log.info("retention: deleting step %d (kept: %s)", info.step, sorted(kept))
-                try:
-                    self._remove(info.step, info.path)
-                except OSError as error:
-                    # The new step is committed and safe; the next save prunes again
-                    # (and clears a half-deleted trash directory), so this is no
-                    # reason to report the save itself as failed.
-                    warnings.warn(f"ckpt: could not delete step {info.step} "
-                                  f"({info.path}): {error}", stacklevel=4)
-                    log.warning("could not delete step %d: %s", info.step, error)
-                    return
+        if decides_by_step(self.keep):
+            doomed = self._doomed_by_step()
+        else:
+            infos = self.infos()
+            kept = retained_steps(self.keep, infos)
+            doomed = [info for info in infos if info.step not in kept]
+        if not doomed:
+            return
+        log.info("retention: deleting steps %s", [info.step for info in doomed])
+        for info in doomed:
+            self._cache.pop(info.step, None)
+        try:
+            self.store.remove_steps([info.path for info in doomed])
+        except OSError as error:
+            # The new step is committed and safe; the next save prunes again (and
+            # clears a half-deleted trash directory), so this is no reason to report
+            # the save itself as failed.
+            warnings.warn(f"ckpt: could not delete steps {[i.step for i in doomed]} "
+                          f"({self.directory}): {error}", stacklevel=4)
+            log.warning("could not delete steps %s: %s", [i.step for i in doomed], error)
 
-    def _remove(self, step: int, step_dir: str) -> None:
-        self._cache.pop(step, None)
-        self.store.remove_step(step_dir)
+    def _doomed_by_step(self) -> list[StepInfo]:
+        """What a :func:`~ckpt.policies.decides_by_step` policy deletes, reading only
+        the manifests of the steps it keeps and of those it deletes.
+
+        The answer is the one over every valid manifest: a kept step found damaged
+        is dropped and the policy asked again; a damaged step it would not keep is
+        never deleted (pruning deletes only checkpoints) and, by the property of
+        such policies, does not change what they keep.
+        """
+        candidates = self._step_dirs()
+        while True:
+            kept = retained_steps(self.keep, [StepInfo(step=step, time=0.0, path=path)
+                                              for step, path in candidates.items()])
+            damaged = [step for step in kept if self._info(step, candidates[step]) is None]
+            if not damaged:
+                break
+            for step in damaged:
+                del candidates[step]
+        doomed = (self._info(step, path) for step, path in candidates.items()
+                  if step not in kept)
+        return [info for info in doomed if info is not None]
 
     def delete(self, step: int) -> None:
         """Delete checkpoint ``step`` (also a damaged one) under the writer lock."""
         self.wait_until_finished()
         step = _as_step(step)
         with self._locked_step(step, f"delete step {step}") as step_dir:
-            self._remove(step, step_dir)
+            self._cache.pop(step, None)
+            self.store.remove_step(step_dir)
 
     def set_aside(self, step: int) -> Path:
         """Move checkpoint ``step`` (typically a damaged one) out of the step namespace.

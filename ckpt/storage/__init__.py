@@ -221,6 +221,11 @@ class Store:
         """Delete a committed step so that no reader lists it any more, then its files."""
         raise NotImplementedError
 
+    def remove_steps(self, locations: Sequence[str]) -> None:
+        """:meth:`remove_step` of each, in order (a backend may batch what they share)."""
+        for location in locations:
+            self.remove_step(location)
+
     def set_aside(self, location: str, new_name: str) -> str:
         """Move a step out of the step namespace (kept, never listed); the new location."""
         raise NotImplementedError

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,14 +216,28 @@ class LocalStore(Store):
             raise
 
     def remove_step(self, location: str) -> None:
-        root, name = os.path.split(location)
-        trash = os.path.join(root, fsutil.trash_name(name))
-        _failpoints.hit("prune.before_trash_rename")
-        os.rename(location, trash)
-        _failpoints.hit("prune.after_trash_rename")
-        fsutil.fsync_dir(root)
+        self.remove_steps([location])
+
+    def remove_steps(self, locations: Sequence[str]) -> None:
+        # Every step is renamed to a trash name first, then one fsync of the parent
+        # covers them all, then the trees go: 10,000 steps took 21 s with an fsync
+        # each (issue 15). A crash before the fsync may bring renamed steps back
+        # after a reboot; they are complete checkpoints, pruned again next time.
+        trashed: dict[str, list[str]] = {}
+        try:
+            for location in locations:
+                root, name = os.path.split(location)
+                trash = os.path.join(root, fsutil.trash_name(name))
+                _failpoints.hit("prune.before_trash_rename")
+                os.rename(location, trash)
+                trashed.setdefault(root, []).append(trash)
+                _failpoints.hit("prune.after_trash_rename")
+        finally:
+            for root in trashed:  # what was renamed is out of the listing: make it so
+                fsutil.fsync_dir(root)
         _failpoints.hit("prune.after_dir_fsync")
-        fsutil.remove_dir(trash)
+        for trash in (path for paths in trashed.values() for path in paths):
+            fsutil.remove_dir(trash)
 
     def set_aside(self, location: str, new_name: str) -> str:
         root = os.path.dirname(location)
