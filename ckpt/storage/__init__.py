@@ -195,6 +195,14 @@ class Store:
         """Bytes of every file under ``location``."""
         raise NotImplementedError
 
+    def file_size(self, location: str) -> int:
+        """Bytes of the file at ``location``; 0 when it is missing or unreadable."""
+        try:
+            with self.open(location) as reader:
+                return reader.size
+        except Exception:  # noqa: BLE001 - a size for display, never a reason to fail
+            return 0
+
     def makedirs(self, root: str) -> None:
         """Create ``root`` (a writer's first save)."""
         raise NotImplementedError
