@@ -33,7 +33,7 @@ from collections.abc import Iterable
 
 import xxhash
 
-from ckpt import fsutil
+from ckpt import _failpoints, fsutil
 from ckpt.policies import StepInfo
 
 __all__ = ["LISTING_NAME", "Listing", "file_signature"]
@@ -212,6 +212,7 @@ class Listing:
         """Under the writer lock, before deleting or setting aside any step."""
         try:
             os.unlink(self.path)
+            _failpoints.hit("listing.removed")
         except FileNotFoundError:
             pass
         except OSError as error:
@@ -255,7 +256,9 @@ class Listing:
                 # no fsync: a cache lost or torn by a crash of the machine is ignored
                 with open(tmp, "xb") as handle:
                     handle.write(header + body)
+                _failpoints.hit("listing.written")
                 os.replace(tmp, self.path)
+                _failpoints.hit("listing.after_rename")
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
