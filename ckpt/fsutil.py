@@ -69,11 +69,15 @@ def step_dirs(directory: str | os.PathLike[str] | int) -> dict[int, str]:
     ``directory`` may be a descriptor of it; the paths are then its entries' names.
     """
     found = {}
+    prefix_length = len(STEP_PREFIX)
     with os.scandir(directory) as entries:
         for entry in entries:
-            step = parse_step_dir(entry.name)
-            if step is not None and entry.is_dir(follow_symlinks=False):
-                found[step] = entry.path
+            # parse_step_dir, inlined: this loop runs 10,000 times to list 10,000 steps
+            name = entry.name
+            if name.startswith(STEP_PREFIX):
+                digits = name[prefix_length:]
+                if digits.isdecimal() and entry.is_dir(follow_symlinks=False):
+                    found[int(digits)] = entry.path
     return dict(sorted(found.items()))
 
 

@@ -189,7 +189,9 @@ class CheckpointManager:
             step_dirs = self._step_dirs()
             vouched = self._listing.vouched(step_dirs) if self._listing is not None else ()
             for step, step_dir in step_dirs.items():
-                found = listed(step) if step in vouched else resolve(step, step_dir)
+                found = listed(step) if step in vouched else None
+                if found is None:
+                    found = resolve(step, step_dir)
                 if found is not None:
                     out.append((step, found))
                 elif self.store.committed(step_dir):
@@ -372,17 +374,19 @@ class CheckpointManager:
         such policies, does not change what they keep.
         """
         candidates = self._step_dirs()
+        vouched = self._listing.vouched(candidates) if self._listing is not None else ()
         while True:
             kept = retained_steps(self.keep, [StepInfo(step=step, time=0.0, path=path)
                                               for step, path in candidates.items()])
-            damaged = [step for step in kept if self._info(step, candidates[step]) is None]
+            damaged = [step for step in kept if step not in vouched
+                       and self._info(step, candidates[step]) is None]
             if not damaged:
                 break
             for step in damaged:
                 del candidates[step]
-        doomed = (self._info(step, path) for step, path in candidates.items()
-                  if step not in kept)
-        return [info for info in doomed if info is not None]
+        return [StepInfo(step=step, time=0.0, path=path) for step, path in candidates.items()
+                if step not in kept
+                and (step in vouched or self._info(step, path) is not None)]
 
     def _forget(self, step: int) -> None:
         """Before removing ``step``: no cache may vouch for it any more."""

@@ -73,12 +73,15 @@ class Listing:
         self.root = root
         self.path = os.path.join(root, LISTING_NAME)
         self._header = b""  # of the file the records below came from
-        self._signatures: dict[int, tuple] = {}
+        self._sigs: dict[int, tuple] | None = {}  # parsed from _file_steps when needed
+        self._file_steps = b"[[]]"
         self._file_details: bytes = b"[]"
         self._details: dict[int, StepInfo] | None = None
         self._read_here: dict[int, tuple[tuple, StepInfo]] = {}  # for write()
         self._pinned = False
+        self._invalidated = False
         self._dir_fd: int | None = None  # of the last scan
+        self._names: dict[int, str] = {}  # step directory names, of the last scan
         from ckpt.manifest import MANIFEST_NAME  # the format's name, not storage's
 
         self._manifest = MANIFEST_NAME
@@ -103,7 +106,7 @@ class Listing:
             os.close(fd)
             raise
         self._close_dir()
-        self._dir_fd = fd
+        self._dir_fd, self._names = fd, names
         if not self._pinned:
             self._refresh()
         prefix = os.path.join(self.root, "")
@@ -133,23 +136,26 @@ class Listing:
     def vouched(self, steps: Iterable[int]) -> set[int]:
         """Those of ``steps`` (of the last scan) that :meth:`vouches` for, in one loop:
         this is most of what listing 10,000 checkpoints costs."""
-        signatures, fd, stat = self._signatures, self._dir_fd, os.stat
+        signatures, names, fd, stat = self._signatures, self._names, self._dir_fd, os.stat
         tail = f"/{self._manifest}"
         out = set()
         for step in steps:
             signature = signatures.get(step)
-            if signature is None:
+            name = names.get(step)
+            if signature is None or name is None:
                 continue
             try:
-                info = stat(f"{fsutil.STEP_PREFIX}{step}{tail}", dir_fd=fd)
+                info = stat(name + tail, dir_fd=fd)
             except OSError:
                 continue
-            if signature == (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns):
+            if (signature[0] == info.st_ino and signature[1] == info.st_size
+                    and signature[2] == info.st_mtime_ns and signature[3] == info.st_ctime_ns):
                 out.add(step)
         return out
 
-    def info_of(self, step: int) -> StepInfo:
-        """The recorded info of a step :meth:`vouched` for."""
+    def info_of(self, step: int) -> StepInfo | None:
+        """The recorded info of a step :meth:`vouched` for (None if the file's details
+        turn out not to be readable: the caller reads the manifest)."""
         return self._detail(step)
 
     def lookup(self, step: int, step_dir: str) -> StepInfo | None:
@@ -165,15 +171,38 @@ class Listing:
             return
         self._read_here[step] = (signature, info)
 
-    def _detail(self, step: int) -> StepInfo:
+    @property
+    def _signatures(self) -> dict[int, tuple]:
+        if self._sigs is None:
+            try:
+                columns = json.loads(self._file_steps)  # steps, then 4 signature fields
+                if len(columns) != 5 or len({len(column) for column in columns}) != 1:
+                    raise ValueError("not five columns of one length")
+                # a value of another type never equals a stat's int: no check needed
+                self._sigs = dict(zip(columns[0], zip(*columns[1:])))
+            except (ValueError, TypeError) as error:  # the checksum held: not our format
+                log.debug("ignoring the listing cache %s: %s", self.path, error)
+                self._sigs = {}
+        return self._sigs
+
+    @_signatures.setter
+    def _signatures(self, value: dict[int, tuple]) -> None:
+        self._sigs = value
+
+    def _detail(self, step: int) -> StepInfo | None:
         if self._details is None:
             prefix = os.path.join(self.root, fsutil.STEP_PREFIX)
-            self._details = {
-                step_n: StepInfo(step=step_n, time=saved_at, metrics=metrics,
-                                 path=f"{prefix}{step_n}", nbytes=nbytes, metadata=metadata)
-                for step_n, (saved_at, nbytes, metrics, metadata)
-                in zip(self._signatures, json.loads(self._file_details))}
-        return self._details[step]
+            try:
+                self._details = {
+                    step_n: StepInfo(step=step_n, time=float(saved_at), metrics=dict(metrics),
+                                     path=f"{prefix}{step_n}", nbytes=int(nbytes),
+                                     metadata=metadata)
+                    for step_n, (saved_at, nbytes, metrics, metadata)
+                    in zip(self._signatures, json.loads(self._file_details), strict=True)}
+            except (ValueError, TypeError) as error:  # the checksum held: not our format
+                log.debug("ignoring the listing cache %s: %s", self.path, error)
+                self._sigs, self._details = {}, {}  # vouch for nothing from now on
+        return self._details.get(step)
 
     def _refresh(self) -> None:
         try:
@@ -194,9 +223,9 @@ class Listing:
         if xxhash.xxh3_64_hexdigest(body).encode() != expected:
             raise ValueError("checksum mismatch")
         steps, details = body.split(b"\n", 1)
-        columns = json.loads(steps)  # steps, then the signatures' four fields, as columns
-        signatures = dict(zip(columns[0], zip(*columns[1:])))
-        self._header, self._signatures, self._file_details = header, signatures, details
+        # parsed when first asked: a writer that prunes by step alone may never need it
+        self._header, self._file_steps, self._file_details = header, steps, details
+        self._sigs = None
 
     # ---------------------------------------------------------- writers
 
@@ -205,11 +234,15 @@ class Listing:
         until :meth:`end_write`."""
         self._pinned = False
         self._read_here = {}
-        self.scan()
+        self._refresh()
         self._pinned = True
+        self._invalidated = False
 
     def invalidate(self) -> None:
         """Under the writer lock, before deleting or setting aside any step."""
+        if self._pinned and self._invalidated:
+            return  # once per write: pruning 10,000 steps must not unlink 10,000 times
+        self._invalidated = self._pinned
         try:
             os.unlink(self.path)
             _failpoints.hit("listing.removed")
@@ -237,6 +270,8 @@ class Listing:
                     signature, known = self._read_here[info.step]
                 elif info.step in self._signatures:
                     signature, known = self._signatures[info.step], self._detail(info.step)
+                    if known is None:
+                        continue
                 else:
                     continue
                 if known is not info:
