@@ -404,7 +404,8 @@ class CheckpointManager:
         self._listing.begin_write()
         try:
             yield
-            self._listing.write(self.infos())
+            if self._listing.stale():
+                self._listing.write(self.infos())
         finally:
             self._listing.end_write()
 

@@ -76,3 +76,42 @@ def test_policies_that_need_manifests_are_not_decided_by_step():
         pass
 
     assert not decides_by_step(Mine(2))  # a subclass may decide otherwise
+
+
+def test_the_cache_lists_steps_it_lacks_and_is_rewritten_when_it_lacks_many(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(0, {"x": 0}, metrics={"m": 0})
+    cache = tmp_path / ".ckpt-listing"
+    first = cache.read_bytes()
+    for step in range(1, 11):  # a few new steps: the file stays, readers read them
+        mgr.save(step, {"x": step}, metrics={"m": step})
+    assert cache.read_bytes() == first
+    fresh = ckpt.CheckpointManager(tmp_path)
+    assert [i.metrics["m"] for i in fresh.infos()] == list(range(11))
+    for step in range(11, 80):
+        mgr.save(step, {"x": step}, metrics={"m": step})
+    assert cache.read_bytes() != first  # more than 64 missing: rewritten
+    assert [i.metrics["m"] for i in ckpt.CheckpointManager(tmp_path).infos()] == list(range(80))
+
+
+@pytest.mark.parametrize("damage_cache", [
+    lambda data: data[: len(data) // 2],                       # torn
+    lambda data: b"\0" * len(data),                            # zeroed by a crash
+    lambda data: b"garbage\n" + data,                          # not ours
+    lambda data: _with_valid_checksum(b'{"a": 1}\n[1, 2]'),    # ours in form, not in shape
+    lambda data: _with_valid_checksum(b"[[1],[1],[1],[1],[1]]\n{}"),
+], ids=["torn", "zeroed", "garbage", "shape", "details"])
+def test_a_damaged_cache_file_is_ignored(tmp_path, damage_cache):
+    clone_steps(tmp_path, [1, 2, 3])
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])  # a writer leaves the cache
+    cache = tmp_path / ".ckpt-listing"
+    cache.write_bytes(damage_cache(cache.read_bytes()))
+    mgr = ckpt.CheckpointManager(tmp_path)
+    assert mgr.all_steps() == [1, 2, 3] and mgr.latest_step() == 3
+    assert [i.metrics["loss"] for i in mgr.infos()] == [1 / 2, 1 / 3, 1 / 4]
+
+
+def _with_valid_checksum(body: bytes) -> bytes:
+    import xxhash
+
+    return b"ckpt-listing 1 0 " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n" + body
