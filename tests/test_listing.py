@@ -115,3 +115,15 @@ def _with_valid_checksum(body: bytes) -> bytes:
     import xxhash
 
     return b"ckpt-listing 1 0 " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n" + body
+
+
+def test_records_after_a_forgotten_one_keep_their_own_details(tmp_path):
+    """A writer drops a deleted step's record before it reads other records."""
+    clone_steps(tmp_path, [1, 2, 3, 4])
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(2))
+    mgr.delete(2)
+    assert [(i.step, i.metrics["loss"]) for i in mgr.infos()] == [
+        (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
+    assert [(i.step, i.metrics["loss"]) for i in ckpt.CheckpointManager(tmp_path).infos()] == [
+        (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
