@@ -39,6 +39,9 @@ POINTS = (
     "prune.after_dir_fsync",
     "delete.before",
     "delete.after",
+    "listing.removed",        # the listing cache is gone, no step removed yet (pruning)
+    "listing.written",        # its replacement is written under a temporary name
+    "listing.after_rename",   # and renamed over: the cache is current
 )
 
 # The object-store commit (no rename: the manifest, created last, commits) and pruning.

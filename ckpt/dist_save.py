@@ -130,6 +130,7 @@ def write(mgr: Any, coll: Any, step: int, plan: tuple, encoded: list, metrics: d
             try:
                 mgr.store.makedirs(mgr.root)
                 stack.enter_context(mgr.store.writer_lock(mgr.root, mgr.lock_timeout))
+                stack.enter_context(mgr._writing())  # the listing cache, as a local save
                 mgr.store.remove_leftovers(mgr.root)
                 if mgr.store.committed(final):
                     raise StepExistsError(final, step)

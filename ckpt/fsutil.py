@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import socket
 import uuid
@@ -50,7 +49,6 @@ RESCANS = 100
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
-_STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 def step_dir_name(step: int) -> str:
@@ -60,17 +58,26 @@ def step_dir_name(step: int) -> str:
 
 def parse_step_dir(name: str) -> int | None:
     """The step of a ``step_<N>`` name, or None for any other name."""
-    match = _STEP_RE.match(name)
-    return int(match.group(1)) if match else None
+    # not a regular expression: this runs once per entry of every listing (issue 15)
+    digits = name[len(STEP_PREFIX):] if name.startswith(STEP_PREFIX) else ""
+    return int(digits) if digits.isdecimal() else None
 
 
-def step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
-    """``{step: path}`` of every ``step_<N>`` directory, valid or not, sorted by step."""
+def step_dirs(directory: str | os.PathLike[str] | int) -> dict[int, str]:
+    """``{step: path}`` of every ``step_<N>`` directory, valid or not, sorted by step.
+
+    ``directory`` may be a descriptor of it; the paths are then its entries' names.
+    """
     found = {}
-    for entry in os.scandir(directory):
-        step = parse_step_dir(entry.name)
-        if step is not None and entry.is_dir(follow_symlinks=False):
-            found[step] = entry.path
+    prefix_length = len(STEP_PREFIX)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            # parse_step_dir, inlined: this loop runs 10,000 times to list 10,000 steps
+            name = entry.name
+            if name.startswith(STEP_PREFIX):
+                digits = name[prefix_length:]
+                if digits.isdecimal() and entry.is_dir(follow_symlinks=False):
+                    found[int(digits)] = entry.path
     return dict(sorted(found.items()))
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import xxhash
 
 from ckpt import storage
+from ckpt._gcpause import gc_paused
 from ckpt._progress import progress_bar
 from ckpt._types import KeyPath
 from ckpt.errors import CorruptCheckpointError, StateMismatchError
@@ -204,10 +205,15 @@ def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int
     """Index entries for each leaf, the packs, and which leaves go in which pack."""
     entries, packs, members = [], [], []
     size = 0
+    dtype_names: dict[np.dtype, str] = {}  # dtype.str builds a new str each call
     for number, (path, kind, array, extra) in enumerate(leaves):
+        dtype = array.dtype
+        dtype_name = dtype_names.get(dtype)
+        if dtype_name is None:
+            dtype_name = dtype_names[dtype] = dtype.str
         entry: dict[str, Any] = {
-            "path": list(path), "kind": kind, "dtype": array.dtype.str,
-            "shape": list(array.shape), "nbytes": int(array.nbytes),
+            "path": list(path), "kind": kind, "dtype": dtype_name,
+            "shape": list(array.shape), "nbytes": array.nbytes,
         }
         if extra:
             entry["extra"] = extra
@@ -254,7 +260,8 @@ def write_state(
     and the index's checksum ``index_checksum``. On any error the partial file is
     removed.
     """
-    entries, packs, members = _plan(leaves)
+    with gc_paused():
+        entries, packs, members = _plan(leaves)
     pack_buffers = []
     for pack, numbers in zip(packs, members):
         buffer = np.zeros(pack["nbytes"], dtype=np.uint8)

@@ -157,8 +157,9 @@ def checkpoint_dir(directory: str | os.PathLike[str]) -> Path | str:
         raise CheckpointNotFoundError(location, detail="no such directory")
     if not store.isdir(location):
         raise CheckpointError(f"{location} is not a directory")
-    if (not store.step_dirs(location)
-            and not store.exists(storage.join(location, store.lock_name))):
+    # the lock file first: listing 10,000 steps to find one costs more
+    if (not store.exists(storage.join(location, store.lock_name))
+            and not store.step_dirs(location)):
         raise CheckpointError(f"{location} is not a checkpoint directory "
                               f"(no step_<N> directories and no {store.lock_name})")
     return location if storage.is_url(location) else Path(location)
@@ -187,27 +188,24 @@ def _step_dirs(directory: str | os.PathLike[str]) -> dict[int, str]:
     return storage.store_for(location).step_dirs(location)
 
 
-def _infos(directory: str | os.PathLike[str]) -> tuple[list[StepInfo], dict[int, str]]:
-    """Valid checkpoints, and ``{step: reason}`` for step directories that are not.
+def _infos(directory: str | os.PathLike[str]
+           ) -> tuple[list[StepInfo], dict[int, tuple[str, str]]]:
+    """Valid checkpoints, and ``{step: (path, reason)}`` for step directories that are not.
 
-    As ``CheckpointManager.infos``: a step pruned between the listing and the read
-    means a newer one was committed meanwhile, so the directory is listed again
-    (``ckpt ls`` next to a ``KeepLast(1)`` writer never shows an empty directory).
+    What a manager lists (the listing cache where it holds, the rescan rule of
+    ``CheckpointManager.infos``: ``ckpt ls`` next to a ``KeepLast(1)`` writer never
+    shows an empty directory); only damaged steps' manifests are read again, for
+    the reason.
     """
-    for _ in range(fsutil.RESCANS):
-        infos, damaged, vanished = [], {}, False
-        for step, path in _step_dirs(directory).items():
-            try:
-                infos.append(manifest.step_info(manifest.read(path, step), path))
-            except CorruptCheckpointError as error:
-                if storage.store_for(path).committed(path):
-                    damaged[step] = error.reason
-                else:
-                    vanished = True
-            except FileNotFoundError:
-                vanished = True  # pruned by a writer while we looked
-        if not vanished:
-            break
+    infos, damaged_dirs = CheckpointManager(directory)._infos_and_damaged()
+    damaged = {}
+    for step, path in damaged_dirs.items():
+        try:
+            manifest.read(path, step)
+        except CorruptCheckpointError as error:
+            damaged[step] = (path, error.reason)
+        except FileNotFoundError:
+            pass  # deleted by a writer since it was listed
     return infos, damaged
 
 
@@ -221,6 +219,14 @@ def latest_step(directory: str | os.PathLike[str]) -> int:
 
 def _disk_size(path: str) -> int:
     return storage.store_for(path).tree_size(path)
+
+
+def _step_size(info: StepInfo) -> int:
+    """Bytes of a valid step: the data files its manifest lists (their sizes are
+    checked against it when read) and the manifest itself. One stat, where walking
+    the directory cost 30 us a step, a third of ``ckpt ls`` for 10,000 (issue 15)."""
+    location = storage.join(info.path, manifest.MANIFEST_NAME)
+    return info.nbytes + storage.store_for(location).file_size(location)
 
 
 # ---------------------------------------------------------------- policies
@@ -293,11 +299,10 @@ def list_steps(directory: str | os.PathLike[str], policy: Policy | None = None) 
     if policy is None and infos:
         policy = stored_policy(infos[-1].path, infos[-1].step)
     keepers = kept_by(policy, infos) if policy is not None else {}
-    rows = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
+    rows = [StepRow(step=i.step, path=i.path, nbytes=_step_size(i), time=i.time,
                     metrics=i.metrics, kept_by=keepers.get(i.step)) for i in infos]
-    dirs = _step_dirs(directory)
-    rows += [StepRow(step=s, path=dirs[s], nbytes=_disk_size(dirs[s]), error=reason)
-             for s, reason in damaged.items()]
+    rows += [StepRow(step=s, path=path, nbytes=_disk_size(path), error=reason)
+             for s, (path, reason) in damaged.items()]
     return sorted(rows, key=lambda row: row.step)
 
 
@@ -635,13 +640,11 @@ def prune(directory: str | os.PathLike[str], policy: Policy, *, dry_run: bool = 
     infos, _ = _infos(directory)
     _check_metrics(policy, infos)
     kept = retained_steps(policy, infos)
-    doomed = [StepRow(step=i.step, path=i.path, nbytes=_disk_size(i.path), time=i.time,
+    doomed = [StepRow(step=i.step, path=i.path, nbytes=_step_size(i), time=i.time,
                       metrics=i.metrics) for i in infos if i.step not in kept]
     if not dry_run:
+        # one lock, one directory fsync and one cache rewrite for all of them (a
+        # step another writer deleted first is skipped)
         manager = CheckpointManager(directory, keep=policy, lock_timeout=lock_timeout)
-        for row in doomed:
-            try:
-                manager.delete(row.step)
-            except CheckpointNotFoundError:
-                pass  # another writer deleted it first
+        manager._delete_steps([row.step for row in doomed])
     return PruneResult(deleted=doomed, kept=sorted(kept), dry_run=dry_run)

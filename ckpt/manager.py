@@ -39,11 +39,13 @@ from ckpt.policies import (
     Policy,
     StepInfo,
     check_schedule,
+    decides_by_step,
     is_due,
     retained_steps,
     to_spec,
 )
 from ckpt.restore import restore_into
+from ckpt.storage.listing import Listing
 from ckpt.tree import encode_tree
 
 __all__ = ["CheckpointManager"]
@@ -105,8 +107,15 @@ class CheckpointManager:
         self.lock_timeout = lock_timeout
         self.progress = progress
         self._cache: dict[int, tuple[tuple, StepInfo | None]] = {}
-        self._last_save_time = _monotonic_since(max((i.time for i in self.infos()),
-                                                    default=None))
+        # local directories only: object stores have no inodes and no atomic rename
+        self._listing = Listing(self.root) if self.store.local else None
+        # Only a time schedule needs the last save time, and only the newest step's:
+        # reading every manifest here made a fresh manager cost O(steps) (issue 15).
+        # Listing the directory anyway says at once that it is a file or unreadable.
+        newest = self._newest_info() if save_every_seconds is not None else None
+        if save_every_seconds is None:  # an unreadable directory or a file fails here
+            self._listed(self._listing.probe if self._listing else self._store_step_dirs)
+        self._last_save_time = _monotonic_since(newest.time if newest else None)
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
         self._collective = _collective(distributed, timeout)
@@ -122,8 +131,14 @@ class CheckpointManager:
     # ------------------------------------------------------------ listing
 
     def _step_dirs(self) -> dict[int, str]:
+        return self._listed(self._listing.scan if self._listing else self._store_step_dirs)
+
+    def _store_step_dirs(self) -> dict[int, str]:
+        return self.store.step_dirs(self.root)
+
+    def _listed(self, list_steps: Any) -> dict[int, str]:
         try:
-            return self.store.step_dirs(self.root)
+            return list_steps()
         except FileNotFoundError:  # created by the first save: a reader sees no steps yet
             return {}
         except NotADirectoryError:
@@ -133,21 +148,28 @@ class CheckpointManager:
                 str(self.directory), "list the checkpoint directory", error) from None
 
     def _info(self, step: int, step_dir: str) -> StepInfo | None:
+        if self._listing is not None:
+            listed = self._listing.lookup(step, step_dir)
+            if listed is not None:
+                return listed
         signature = self.store.signature(storage.join(step_dir, manifest.MANIFEST_NAME))
         if signature is None:  # missing, a symlink loop, no permission: not a checkpoint
             return None
         cached = self._cache.get(step)
         if cached and cached[0] == signature:
-            return cached[1]
-        try:
-            info = manifest.step_info(manifest.read(step_dir, step), step_dir)
-        except FileNotFoundError:  # pruned by a writer while we looked
-            return None
-        except CorruptCheckpointError as error:
-            # not a checkpoint; said once per manifest version, not on every listing
-            log.warning("step %d is not a valid checkpoint: %s", step, error)
-            info = None
-        self._cache[step] = (signature, info)
+            info = cached[1]
+        else:
+            try:
+                info = manifest.step_info(manifest.read(step_dir, step), step_dir)
+            except FileNotFoundError:  # pruned by a writer while we looked
+                return None
+            except CorruptCheckpointError as error:
+                # not a checkpoint; said once per manifest version, not on every listing
+                log.warning("step %d is not a valid checkpoint: %s", step, error)
+                info = None
+            self._cache[step] = (signature, info)
+        if info is not None and self._listing is not None:
+            self._listing.remember(step, signature, info)
         return info
 
     def infos(self) -> list[StepInfo]:
@@ -157,18 +179,42 @@ class CheckpointManager:
         means a writer committed a newer one meanwhile (commit renames come before
         prune renames), so the directory is listed again: a reader racing a
         ``KeepLast(1)`` writer never sees an empty directory (issue 11, item 7).
+        On local disk most manifests are only stat'ed: the listing cache
+        (:mod:`ckpt.storage.listing`) vouches for those it still describes.
+        """
+        return self._infos_and_damaged()[0]
+
+    def _infos_and_damaged(self) -> tuple[list[StepInfo], dict[int, str]]:
+        """:meth:`infos`, and ``{step: path}`` of the step directories whose manifest
+        is not valid (``ckpt ls`` shows them)."""
+        listed = self._listing.info_of if self._listing is not None else None
+        found, damaged = self._scan(self._info, listed)
+        return [info for _, info in found], damaged
+
+    def _scan(self, resolve: Any, listed: Any) -> tuple[list[tuple[int, Any]], dict[int, str]]:
+        """``[(step, value)]`` of the committed checkpoints, and ``{step: path}`` of
+        the damaged ones, with the rescan rule of :meth:`infos`.
+
+        The value is ``listed(step)`` for a step the listing cache vouches for,
+        else ``resolve(step, step_dir)``, None for a step that is not a checkpoint.
         """
         for _ in range(fsutil.RESCANS):
-            out, vanished = [], False
-            for step, step_dir in self._step_dirs().items():
-                info = self._info(step, step_dir)
-                if info is not None:
-                    out.append(info)
-                elif not self.store.committed(step_dir):
+            out, damaged, vanished = [], {}, False
+            step_dirs = self._step_dirs()
+            vouched = self._listing.vouched(step_dirs) if self._listing is not None else ()
+            for step, step_dir in step_dirs.items():
+                found = listed(step) if step in vouched else None
+                if found is None:
+                    found = resolve(step, step_dir)
+                if found is not None:
+                    out.append((step, found))
+                elif self.store.committed(step_dir):
+                    damaged[step] = step_dir
+                else:
                     vanished = True
             if not vanished:
                 break
-        return out
+        return out, damaged
 
     def info(self, step: int) -> StepInfo:
         """What the manifest of ``step`` says (time, metrics, metadata, size)."""
@@ -183,12 +229,41 @@ class CheckpointManager:
 
     def all_steps(self) -> list[int]:
         """Steps of all committed checkpoints, ascending."""
-        return [info.step for info in self.infos()]
+        return [step for step, _ in self._scan(self._info, _listed_step)[0]]
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None when there is none."""
-        steps = self.all_steps()
-        return steps[-1] if steps else None
+        newest = self._newest(self._is_valid)
+        return newest[0] if newest is not None else None
+
+    def _is_valid(self, step: int, step_dir: str) -> bool | None:
+        """Whether ``step`` is a committed checkpoint (None if not), without building
+        its :class:`StepInfo` where the listing cache vouches for it."""
+        if self._listing is not None and self._listing.vouches(step, step_dir):
+            return True
+        return True if self._info(step, step_dir) is not None else None
+
+    def _newest_info(self) -> StepInfo | None:
+        newest = self._newest(self._info)
+        return newest[1] if newest is not None else None
+
+    def _newest(self, resolve: Any) -> tuple[int, Any] | None:
+        """``(step, resolve(step, dir))`` of the newest committed checkpoint, trying
+        steps newest first only until one is valid. The rescan rule of :meth:`infos`
+        holds: a candidate pruned while we looked means a newer step was committed
+        first, so the directory is listed again."""
+        for _ in range(fsutil.RESCANS):
+            vanished = False
+            for step, step_dir in reversed(self._step_dirs().items()):
+                found = resolve(step, step_dir)
+                if found is not None:
+                    return step, found
+                if not self.store.committed(step_dir):
+                    vanished = True
+                    break
+            if not vanished:
+                return None
+        return None
 
     def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
         """The step with the best ``metric``; defaults to the ``KeepBest`` in ``keep``.
@@ -255,7 +330,7 @@ class CheckpointManager:
         started = time.perf_counter()
         try:
             self.store.makedirs(self.root)
-            with self.store.writer_lock(self.root, self.lock_timeout):
+            with self.store.writer_lock(self.root, self.lock_timeout), self._writing():
                 _failpoints.hit("lock.acquired")
                 self._commit_locked(final, step, treedef, leaves, metrics, metadata)
                 log.info("saved step %d to %s in %.2f s", step, final,
@@ -330,32 +405,102 @@ class CheckpointManager:
         return storage.join(self.root, fsutil.step_dir_name(step))
 
     def _prune(self) -> None:
-        infos = self.infos()
-        kept = retained_steps(self.keep, infos)
-        for info in infos:
-            if info.step not in kept:
-                log.info("retention: deleting step %d (kept: %s)", info.step, sorted(kept))
-                try:
-                    self._remove(info.step, info.path)
-                except OSError as error:
-                    # The new step is committed and safe; the next save prunes again
-                    # (and clears a half-deleted trash directory), so this is no
-                    # reason to report the save itself as failed.
-                    warnings.warn(f"ckpt: could not delete step {info.step} "
-                                  f"({info.path}): {error}", stacklevel=4)
-                    log.warning("could not delete step %d: %s", info.step, error)
-                    return
+        if decides_by_step(self.keep):
+            doomed = self._doomed_by_step()
+        else:
+            infos = self.infos()
+            kept = retained_steps(self.keep, infos)
+            doomed = [info for info in infos if info.step not in kept]
+        if not doomed:
+            return
+        log.info("retention: deleting steps %s", [info.step for info in doomed])
+        for info in doomed:
+            self._forget(info.step)
+        try:
+            self.store.remove_steps([info.path for info in doomed])
+        except OSError as error:
+            # The new step is committed and safe; the next save prunes again (and
+            # clears a half-deleted trash directory), so this is no reason to report
+            # the save itself as failed.
+            warnings.warn(f"ckpt: could not delete steps {[i.step for i in doomed]} "
+                          f"({self.directory}): {error}", stacklevel=4)
+            log.warning("could not delete steps %s: %s", [i.step for i in doomed], error)
 
-    def _remove(self, step: int, step_dir: str) -> None:
+    def _doomed_by_step(self) -> list[StepInfo]:
+        """What a :func:`~ckpt.policies.decides_by_step` policy deletes, reading only
+        the manifests of the steps it keeps and of those it deletes.
+
+        The answer is the one over every valid manifest: a kept step found damaged
+        is dropped and the policy asked again; a damaged step it would not keep is
+        never deleted (pruning deletes only checkpoints) and, by the property of
+        such policies, does not change what they keep.
+        """
+        candidates = self._step_dirs()
+        vouched = self._listing.vouched(candidates) if self._listing is not None else ()
+        while True:
+            kept = retained_steps(self.keep, [StepInfo(step=step, time=0.0, path=path)
+                                              for step, path in candidates.items()])
+            damaged = [step for step in kept if step not in vouched
+                       and self._info(step, candidates[step]) is None]
+            if not damaged:
+                break
+            for step in damaged:
+                del candidates[step]
+        return [StepInfo(step=step, time=0.0, path=path) for step, path in candidates.items()
+                if step not in kept
+                and (step in vouched or self._info(step, path) is not None)]
+
+    def _forget(self, step: int) -> None:
+        """Before removing ``step``: no cache may vouch for it any more."""
         self._cache.pop(step, None)
-        self.store.remove_step(step_dir)
+        if self._listing is not None:
+            self._listing.invalidate()
+            self._listing.forget(step)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Under the writer lock: the listing cache rewritten once the work is done."""
+        if self._listing is None:
+            yield
+            return
+        self._listing.begin_write()
+        try:
+            yield
+            if self._listing.stale():
+                self._listing.write(self.infos())
+        finally:
+            self._listing.end_write()
+
+    def _delete_steps(self, steps: list[int]) -> list[int]:
+        """Delete ``steps`` (those still there) under one writer lock; the deleted ones.
+
+        For ``ckpt prune``: one lock, one directory fsync and one cache rewrite for
+        all of them instead of one each.
+        """
+        self.wait_until_finished()
+        if not self.store.isdir(self.root):
+            return []
+        try:
+            with self.store.writer_lock(self.root, self.lock_timeout), self._writing():
+                present = self._step_dirs()
+                doomed = [step for step in steps if step in present]
+                for step in doomed:
+                    self._forget(step)
+                self.store.remove_steps([present[step] for step in doomed])
+        except PermissionError as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointPermissionError.from_os_error(
+                str(self.directory), f"delete steps {doomed}", error) from None
+        return doomed
 
     def delete(self, step: int) -> None:
         """Delete checkpoint ``step`` (also a damaged one) under the writer lock."""
         self.wait_until_finished()
         step = _as_step(step)
         with self._locked_step(step, f"delete step {step}") as step_dir:
-            self._remove(step, step_dir)
+            self._forget(step)
+            self.store.remove_step(step_dir)
 
     def set_aside(self, step: int) -> Path:
         """Move checkpoint ``step`` (typically a damaged one) out of the step namespace.
@@ -366,8 +511,8 @@ class CheckpointManager:
         self.wait_until_finished()
         step = _as_step(step)
         with self._locked_step(step, f"set step {step} aside") as step_dir:
+            self._forget(step)
             target = self.store.set_aside(step_dir, fsutil.aside_name(fsutil.step_dir_name(step)))
-            self._cache.pop(step, None)
         log.warning("set step %d aside as %s", step, target)
         return Path(target) if self.store.local else target
 
@@ -378,7 +523,7 @@ class CheckpointManager:
         if not self.store.isdir(self.root):
             raise missing  # taking the lock would create the directory
         try:
-            with self.store.writer_lock(self.root, self.lock_timeout):
+            with self.store.writer_lock(self.root, self.lock_timeout), self._writing():
                 step_dir = self._step_dirs().get(step)
                 if step_dir is None:
                     raise missing
@@ -540,6 +685,10 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"CheckpointManager({str(self.directory)!r}, keep={self.keep!r})"
+
+
+def _listed_step(step: int) -> bool:
+    return True  # all_steps needs no more than the cache's word that it is valid
 
 
 def _as_step(step: object) -> int:

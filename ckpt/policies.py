@@ -24,6 +24,7 @@ __all__ = [
     "KeepAll",
     "AnyOf",
     "retained_steps",
+    "decides_by_step",
     "is_due",
     "check_schedule",
     "metric_direction",
@@ -227,6 +228,22 @@ def retained_steps(policy: Policy, infos: Sequence[StepInfo]) -> set[int]:
     if infos:
         kept.add(max(info.step for info in infos))
     return kept
+
+
+def decides_by_step(policy: Policy) -> bool:
+    """Whether ``policy.keep`` looks at step numbers only, and a step it does not
+    keep never changes what it keeps.
+
+    True for ``KeepLast``, ``KeepEvery(steps=)``, ``KeepAll`` and unions of them
+    (not subclasses, which may decide otherwise). Pruning under such a policy needs
+    no metrics or times, so it reads only the manifests of the steps it keeps or
+    deletes, not of every step in the directory (issue 15).
+    """
+    if type(policy) is AnyOf:
+        return all(decides_by_step(part) for part in policy.policies)
+    if type(policy) is KeepEvery:
+        return policy.steps is not None
+    return type(policy) in (KeepLast, KeepAll)
 
 
 def is_due(step: int, now: float, last_save_time: float | None, *,

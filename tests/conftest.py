@@ -36,6 +36,19 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
     return result
 
 
+def kill_after_ready(args: list[str], seconds: float) -> str:
+    """Run ``python args...``, which prints ``ready`` first, SIGKILL it ``seconds``
+    after that line, and return what it printed after it."""
+    child = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT)
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(seconds)
+    child.send_signal(signal.SIGKILL)
+    out, _ = child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    return out
+
+
 def signal_after_start(process: subprocess.Popen, rng, signum: int, timeout: float,
                        exit_codes: tuple[int, ...] | None = None) -> str:
     """Wait for a training example's ``start N`` line, send ``signum`` a seeded random

@@ -24,9 +24,6 @@ import torch.distributed as dist
 
 import ckpt
 
-torch.use_deterministic_algorithms(True)
-
-
 # WIDE=1: a first layer of 128 KiB, whose weight and Adam slots are "large" leaves
 WIDTH, HIDDEN = (128, 256) if os.environ.get("WIDE") else (16, 37)
 
@@ -69,6 +66,7 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict
 
 def main() -> None:
     mode, directory, kind = sys.argv[1:4]
+    torch.use_deterministic_algorithms(True)  # here, not at import: tests import build()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"],
                             rank=rank, world_size=size)

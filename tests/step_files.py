@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ckpt import h5format
+from ckpt import fsutil, h5format, manifest
 
 
 def split_state(data: bytes) -> tuple[dict, bytes]:
@@ -64,3 +64,26 @@ def edit_index(step_dir: str | Path, change: Callable[[dict], object]) -> None:
     new = embed_index(data, json.dumps(index, separators=(",", ":")).encode())
     state.write_bytes(new)
     (step_dir / "manifest.json").write_bytes(authenticate(step_dir, new))
+
+
+def listing_truth(directory: str | Path) -> list[tuple]:
+    """``(step, time, metrics, nbytes, metadata)`` of every valid checkpoint, from
+    reading each manifest (no cache): what any listing must agree with."""
+    out = []
+    for step, path in fsutil.step_dirs(directory).items():
+        try:
+            info = manifest.step_info(manifest.read(path, step), path)
+        except Exception:  # noqa: BLE001 - damaged or gone: not a checkpoint
+            continue
+        out.append((info.step, info.time, info.metrics, info.nbytes, info.metadata))
+    return out
+
+
+def assert_listing_is_true(directory: str | Path) -> None:
+    """A fresh manager (which uses the listing cache) lists what the manifests say."""
+    import ckpt
+
+    listed = [(i.step, i.time, i.metrics, i.nbytes, i.metadata)
+              for i in ckpt.CheckpointManager(directory).infos()]
+    assert listed == listing_truth(directory)
+    assert ckpt.CheckpointManager(directory).all_steps() == [row[0] for row in listed]

@@ -195,6 +195,14 @@ class Store:
         """Bytes of every file under ``location``."""
         raise NotImplementedError
 
+    def file_size(self, location: str) -> int:
+        """Bytes of the file at ``location``; 0 when it is missing or unreadable."""
+        try:
+            with self.open(location) as reader:
+                return reader.size
+        except Exception:  # noqa: BLE001 - a size for display, never a reason to fail
+            return 0
+
     def makedirs(self, root: str) -> None:
         """Create ``root`` (a writer's first save)."""
         raise NotImplementedError
@@ -226,6 +234,11 @@ class Store:
     def remove_step(self, location: str) -> None:
         """Delete a committed step so that no reader lists it any more, then its files."""
         raise NotImplementedError
+
+    def remove_steps(self, locations: Sequence[str]) -> None:
+        """:meth:`remove_step` of each, in order (a backend may batch what they share)."""
+        for location in locations:
+            self.remove_step(location)
 
     def set_aside(self, location: str, new_name: str) -> str:
         """Move a step out of the step namespace (kept, never listed); the new location."""

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ckpt import _failpoints, fsutil
 from ckpt._progress import progress_bar
 from ckpt.errors import CorruptCheckpointError
 from ckpt.storage import IO_CHUNK, Reader, StepWriter, Store
+from ckpt.storage.listing import file_signature
 
 __all__ = ["LocalStore", "LocalReader", "LOCAL", "open_regular", "write_chunks"]
 
@@ -194,20 +196,26 @@ class LocalStore(Store):
         return LocalReader(location)
 
     def signature(self, location: str) -> tuple | None:
+        return file_signature(location)
+
+    def file_size(self, location: str) -> int:
         try:
-            info = os.stat(location)
-        except OSError:  # missing, or a symlink loop, no permission
-            return None
-        return (info.st_ino, info.st_mtime_ns, info.st_size)
+            return os.stat(location).st_size
+        except OSError:
+            return 0
 
     def tree_size(self, location: str) -> int:
+        # scandir, not os.walk: 4.5x faster, and `ckpt ls` sizes every step (issue 15)
         total = 0
-        for root, _, names in os.walk(location):
-            for name in names:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except FileNotFoundError:
-                    pass
+        try:
+            with os.scandir(location) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        total += self.tree_size(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # deleted by a writer while we looked
         return total
 
     def makedirs(self, root: str) -> None:
@@ -240,14 +248,28 @@ class LocalStore(Store):
             raise
 
     def remove_step(self, location: str) -> None:
-        root, name = os.path.split(location)
-        trash = os.path.join(root, fsutil.trash_name(name))
-        _failpoints.hit("prune.before_trash_rename")
-        os.rename(location, trash)
-        _failpoints.hit("prune.after_trash_rename")
-        fsutil.fsync_dir(root)
+        self.remove_steps([location])
+
+    def remove_steps(self, locations: Sequence[str]) -> None:
+        # Every step is renamed to a trash name first, then one fsync of the parent
+        # covers them all, then the trees go: 10,000 steps took 21 s with an fsync
+        # each (issue 15). A crash before the fsync may bring renamed steps back
+        # after a reboot; they are complete checkpoints, pruned again next time.
+        trashed: dict[str, list[str]] = {}
+        try:
+            for location in locations:
+                root, name = os.path.split(location)
+                trash = os.path.join(root, fsutil.trash_name(name))
+                _failpoints.hit("prune.before_trash_rename")
+                os.rename(location, trash)
+                trashed.setdefault(root, []).append(trash)
+                _failpoints.hit("prune.after_trash_rename")
+        finally:
+            for root in trashed:  # what was renamed is out of the listing: make it so
+                fsutil.fsync_dir(root)
         _failpoints.hit("prune.after_dir_fsync")
-        fsutil.remove_dir(trash)
+        for trash in (path for paths in trashed.values() for path in paths):
+            fsutil.remove_dir(trash)
 
     def set_aside(self, location: str, new_name: str) -> str:
         root = os.path.dirname(location)

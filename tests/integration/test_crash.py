@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 import ckpt
-from tests.conftest import ROOT, rounds
+from tests.conftest import kill_after_ready, rounds
 
 CHILD = r"""
 import sys, numpy as np, ckpt
@@ -62,14 +58,8 @@ def kill_rounds(tmp_path, async_save, count):
     deleted: set[int] = set()
     killed_mid_save = 0
     for _ in range(count):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(tmp_path), "1" if async_save else "0"],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.4))
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate()
-        assert child.returncode == -signal.SIGKILL
+        out = kill_after_ready(["-c", CHILD, str(tmp_path), "1" if async_save else "0"],
+                               rng.uniform(0.0, 0.4))
         committed += [int(line) for line in out.split()]
         killed_mid_save += any(n.startswith(".tmp") for n in os.listdir(tmp_path))
         mgr = check_directory(tmp_path, committed, verified, deleted)

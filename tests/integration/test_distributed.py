@@ -104,7 +104,6 @@ def test_fsdp_restores_in_one_process_without_a_process_group(fsdp_run):
     assert restored["step"] == 6
     assert_same_state(full, restored)
     # and into a plain model and optimizer (FQN keys mapped to the optimizer's own)
-    sys.path.insert(0, str(ROOT))
     from tests.dist_worker import build
 
     model, optimizer = build("plain")

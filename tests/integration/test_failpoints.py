@@ -20,6 +20,7 @@ import pytest
 import ckpt
 from ckpt._failpoints import POINTS
 from tests.conftest import ROOT
+from tests.step_files import assert_listing_is_true
 
 CHILD = r"""
 import sys, numpy as np, ckpt
@@ -36,10 +37,13 @@ for step in range(1, 5):
 # Commit points are hit once per save: fire on the 3rd (steps 1 and 2 are committed by
 # then). Pruning starts with step 3's save (KeepLast(2)): fire on its first hit.
 PRUNE_POINTS = {p for p in POINTS if p.startswith(("prune.", "delete."))}
+# The listing cache is written after the commit (and removed before pruning): its
+# failure costs speed, never the save.
+LISTING_POINTS = {p for p in POINTS if p.startswith("listing.")}
 
 
 def arm(point: str) -> str:
-    return f"{point}@{1 if point in PRUNE_POINTS else 3}"
+    return f"{point}@{1 if point in PRUNE_POINTS | {'listing.removed'} else 3}"
 
 
 def expected(step):
@@ -61,8 +65,9 @@ def test_failpoint(tmp_path, point, mode):
         assert child.returncode == 0, child.stderr
         failed = any(line.startswith("error") for line in lines)
         # a failed pruning step does not fail the save: the new step is committed
-        assert failed == (point not in PRUNE_POINTS), (lines, child.stderr)
+        assert failed == (point not in PRUNE_POINTS | LISTING_POINTS), (lines, child.stderr)
 
+    assert_listing_is_true(tmp_path)  # whatever cache the child left is only a cache
     mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(2))
     steps = mgr.all_steps()
     # KeepLast(2) prunes older steps on purpose (the child may have committed a newer
@@ -77,6 +82,7 @@ def test_failpoint(tmp_path, point, mode):
     names = os.listdir(tmp_path)
     assert not [n for n in names if n.startswith((".tmp", ".trash"))], names
     assert mgr.all_steps()[-1] == 10 and len(mgr.all_steps()) == 2
+    assert_listing_is_true(tmp_path)
 
 
 def test_every_failpoint_is_reached(tmp_path):

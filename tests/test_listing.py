@@ -1,0 +1,129 @@
+"""Listing many checkpoints (issue 15): newest-first ``latest_step``, pruning that
+reads only the manifests it needs, and the listing cache that stays a cache."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckpt
+from ckpt.policies import StepInfo, decides_by_step, retained_steps
+
+
+def clone_steps(directory: Path, steps: list[int]) -> None:
+    """Step directories for ``steps`` made by copying one real checkpoint and
+    rewriting its manifest's step, time and metric (a real save each would take
+    seconds for the thousands of steps these tests need)."""
+    seed = directory / ".seed"
+    ckpt.CheckpointManager(seed).save(0, {"w": np.arange(4.0)}, metrics={"loss": 1.0})
+    record = json.loads((seed / "step_0" / "manifest.json").read_bytes())
+    for step in steps:
+        target = directory / f"step_{step}"
+        shutil.copytree(seed / "step_0", target)
+        record.update(step=step, time=1.7e9 + step, metrics={"loss": 1.0 / (step + 1)})
+        (target / "manifest.json").write_text(json.dumps(record, separators=(",", ":")))
+    shutil.rmtree(seed)
+
+
+def damage(directory: Path, step: int) -> None:
+    (directory / f"step_{step}" / "manifest.json").write_text("{not json")
+
+
+def test_latest_step_skips_damaged_newest_steps(tmp_path):
+    clone_steps(tmp_path, [1, 2, 3, 4])
+    damage(tmp_path, 4)
+    damage(tmp_path, 3)
+    mgr = ckpt.CheckpointManager(tmp_path)
+    assert mgr.latest_step() == 2 and mgr.all_steps() == [1, 2]
+
+
+POLICIES = [ckpt.KeepLast(1), ckpt.KeepLast(3), ckpt.KeepEvery(steps=4), ckpt.KeepAll(),
+            ckpt.KeepLast(2) | ckpt.KeepEvery(steps=5)]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=repr)
+def test_pruning_by_step_deletes_what_pruning_over_every_manifest_deletes(tmp_path, policy):
+    """The reading-few path must agree with the policy over all valid manifests,
+    damaged steps (never deleted, never counted as kept) included."""
+    assert decides_by_step(policy)
+    rng = random.Random(repr(policy))
+    for trial in range(4):
+        directory = tmp_path / str(trial)
+        steps = sorted(rng.sample(range(40), 14))
+        clone_steps(directory, steps)
+        damaged = set(rng.sample(steps[:-1], 4))  # the newest stays valid: the new save
+        for step in damaged:
+            damage(directory, step)
+        valid = [StepInfo(step=s, time=0.0) for s in steps if s not in damaged]
+        expected = retained_steps(policy, valid) | damaged
+        mgr = ckpt.CheckpointManager(directory, keep=policy)
+        mgr._prune()
+        on_disk = {int(p.name[5:]) for p in directory.glob("step_*")}
+        assert on_disk == expected, (steps, damaged)
+
+
+def test_policies_that_need_manifests_are_not_decided_by_step():
+    assert not decides_by_step(ckpt.KeepBest("loss"))
+    assert not decides_by_step(ckpt.KeepEvery(seconds=5))
+    assert not decides_by_step(ckpt.KeepLast(2) | ckpt.KeepBest("loss"))
+
+    class Mine(ckpt.KeepLast):
+        pass
+
+    assert not decides_by_step(Mine(2))  # a subclass may decide otherwise
+
+
+def test_the_cache_lists_steps_it_lacks_and_is_rewritten_when_it_lacks_many(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(0, {"x": 0}, metrics={"m": 0})
+    cache = tmp_path / ".ckpt-listing"
+    first = cache.read_bytes()
+    for step in range(1, 11):  # a few new steps: the file stays, readers read them
+        mgr.save(step, {"x": step}, metrics={"m": step})
+    assert cache.read_bytes() == first
+    fresh = ckpt.CheckpointManager(tmp_path)
+    assert [i.metrics["m"] for i in fresh.infos()] == list(range(11))
+    for step in range(11, 80):
+        mgr.save(step, {"x": step}, metrics={"m": step})
+    assert cache.read_bytes() != first  # more than 64 missing: rewritten
+    assert [i.metrics["m"] for i in ckpt.CheckpointManager(tmp_path).infos()] == list(range(80))
+
+
+@pytest.mark.parametrize("damage_cache", [
+    lambda data: data[: len(data) // 2],                       # torn
+    lambda data: b"\0" * len(data),                            # zeroed by a crash
+    lambda data: b"garbage\n" + data,                          # not ours
+    lambda data: _with_valid_checksum(b'{"a": 1}\n[1, 2]'),    # ours in form, not in shape
+    lambda data: _with_valid_checksum(b"[[1],[1],[1],[1],[1]]\n{}"),
+], ids=["torn", "zeroed", "garbage", "shape", "details"])
+def test_a_damaged_cache_file_is_ignored(tmp_path, damage_cache):
+    clone_steps(tmp_path, [1, 2, 3])
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])  # a writer leaves the cache
+    cache = tmp_path / ".ckpt-listing"
+    cache.write_bytes(damage_cache(cache.read_bytes()))
+    mgr = ckpt.CheckpointManager(tmp_path)
+    assert mgr.all_steps() == [1, 2, 3] and mgr.latest_step() == 3
+    assert [i.metrics["loss"] for i in mgr.infos()] == [1 / 2, 1 / 3, 1 / 4]
+
+
+def _with_valid_checksum(body: bytes) -> bytes:
+    import xxhash
+
+    return b"ckpt-listing 1 0 " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n" + body
+
+
+def test_records_after_a_forgotten_one_keep_their_own_details(tmp_path):
+    """A writer drops a deleted step's record before it reads other records."""
+    clone_steps(tmp_path, [1, 2, 3, 4])
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(2))
+    mgr.delete(2)
+    assert [(i.step, i.metrics["loss"]) for i in mgr.infos()] == [
+        (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
+    assert [(i.step, i.metrics["loss"]) for i in ckpt.CheckpointManager(tmp_path).infos()] == [
+        (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
