@@ -40,8 +40,9 @@ from ckpt.errors import (
     SaveError,
     StepExistsError,
 )
+from ckpt.policies import to_spec
 from ckpt.restore import restore_into
-from ckpt.tree import encode_leaf, flatten, keystr
+from ckpt.tree import encode_leaf, flatten, keystr, normalize_keys
 
 __all__ = ["prepare", "save", "write", "restore", "read_into", "rank_file"]
 
@@ -258,20 +259,12 @@ def _commit(mgr: Any, writer: Any, step: int, treedef: Any, encoded: list, shard
         sink=lambda size, chunks, progress: writer.write_file(manifest.DATA_NAME, size,
                                                               chunks, progress))
     # the index must describe a complete step: every leaf's pieces tile its shape
-    h5format.validate_index({k: v for k, v in index.items()
-                             if k not in ("file_nbytes", "index_checksum")},
-                            manifest.DATA_NAME, None)
+    h5format.validate_index(index, manifest.DATA_NAME, None)
     record = manifest.build(step, time.time(), metrics, metadata, index,
-                            retention=_retention(mgr), extra_files=files, world_size=world)
+                            retention=to_spec(mgr.keep), extra_files=files, world_size=world)
     writer.commit(manifest.encode(record))
     mgr._remember(step, record)
     mgr._prune()
-
-
-def _retention(mgr: Any) -> Any:
-    from ckpt.policies import to_spec
-
-    return to_spec(mgr.keep)
 
 
 def _global_entry(leaf: tuple, shards: dict) -> dict:
@@ -356,8 +349,6 @@ def read_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: bool
 
 
 def _selected(keys: Any) -> list[KeyPath]:
-    from ckpt.tree import normalize_keys
-
     return [()] if keys is None else normalize_keys(keys)
 
 

@@ -484,6 +484,7 @@ def _read_pieces(path: str, index: dict, numbers: list[int], into: dict,
     """
     entries = index["leaves"]
     out: dict[int, Any] = {}
+    boxes: dict[int, tuple[list, list]] = {}  # leaf number -> (offsets, shape) wanted
     by_file: dict[str | None, list[tuple[int, dict]]] = {}
     for n in numbers:
         entry = entries[n]
@@ -498,7 +499,7 @@ def _read_pieces(path: str, index: dict, numbers: list[int], into: dict,
         else:  # a leaf of this file wanted in part
             pieces = [{"file": None, "leaf": n, "offsets": [0] * len(entry["shape"]),
                        "shape": entry["shape"]}]
-        box = (list(regions.get(n, [0] * out[n].ndim)), list(out[n].shape))
+        boxes[n] = box = (list(regions.get(n, [0] * out[n].ndim)), list(out[n].shape))
         for piece in pieces:
             if _overlap(box, (piece["offsets"], piece["shape"])) is not None:
                 by_file.setdefault(piece["file"], []).append((n, piece))
@@ -513,8 +514,7 @@ def _read_pieces(path: str, index: dict, numbers: list[int], into: dict,
         for n, piece in wanted:
             _check_piece(entries[n], piece, sub_index, file_path, name is None)
             dest = out[n]
-            box = (list(regions.get(n, [0] * dest.ndim)), list(dest.shape))
-            inner, outer = _overlap(box, (piece["offsets"], piece["shape"]))
+            inner, outer = _overlap(boxes[n], (piece["offsets"], piece["shape"]))
             part = dest[inner] if dest.ndim else dest
             if name is not None and part.shape == tuple(piece["shape"]) \
                     and part.flags.c_contiguous:

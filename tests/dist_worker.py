@@ -52,6 +52,23 @@ def batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, WIDTH, generator=generator), torch.randn(8, 5, generator=generator)
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+               rank: int) -> None:
+    x, y = batch(step, rank)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def dump_final(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               rank: int) -> None:
+    """Rank 0 writes the gathered full state to ``DIR/final.h5`` (all ranks gather)."""
+    out = full_state(model, optimizer)
+    if rank == 0:
+        ckpt.save(os.path.join(directory, "final.h5"), out)
+
+
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -84,20 +101,14 @@ def main() -> None:
         delay = float(os.environ.get("STEP_DELAY", 0))
         try:
             for step in range(state["step"] + 1, total + 1):
-                x, y = batch(step, rank)
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                train_step(model, optimizer, step, rank)
                 state["step"] = step
                 mgr.save(step, state)
                 time.sleep(delay)
         except ckpt.CheckpointError as error:
             print(json.dumps({"rank": rank, "error": str(error)}), flush=True)
             os._exit(7)  # torch's gloo teardown aborts when a peer died: not ours
-        out = full_state(model, optimizer)
-        if rank == 0:
-            ckpt.save(os.path.join(directory, "final.h5"), out)
+        dump_final(directory, model, optimizer, rank)
     elif mode == "loop":  # TrainingLoop, async saves when ASYNC=1
         total = int(sys.argv[4])
         mgr.close()
@@ -106,20 +117,14 @@ def main() -> None:
         delay = float(os.environ.get("STEP_DELAY", 0))
         with ckpt.TrainingLoop(mgr, state, total_steps=total) as loop:
             for step in loop:
-                x, y = batch(step, rank)
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                train_step(model, optimizer, step, rank)
                 state["step"] = step
                 time.sleep(delay)
         print(json.dumps({"rank": rank, "preempted": loop.preempted,
                           "last_saved": loop.last_saved, "resumed": loop.resumed_from}),
               flush=True)
         if not loop.preempted:
-            out = full_state(model, optimizer)
-            if rank == 0:
-                ckpt.save(os.path.join(directory, "final.h5"), out)
+            dump_final(directory, model, optimizer, rank)
     elif mode == "restore":
         mgr.restore(into=state)
         out = full_state(model, optimizer)

@@ -49,13 +49,13 @@ class Shard:
 def _walk(node: Any, path: KeyPath, visit: Any) -> Any:
     """``node`` with every non-container replaced by ``visit(path, value)`` (dicts,
     lists and tuples are rebuilt, so the caller's containers are left as they are)."""
-    if isinstance(node, dict) and not isinstance(node, torch.nn.Module):
-        out = type(node)() if type(node) is not dict else {}
+    if isinstance(node, dict):
         try:
-            for key, value in node.items():
-                out[key] = _walk(value, (*path, key), visit)
-        except TypeError:  # a dict subclass that cannot be built empty: plain dict
-            out = {key: _walk(value, (*path, key), visit) for key, value in node.items()}
+            out = type(node)()
+        except TypeError:  # a dict subclass that cannot be built empty: a plain dict
+            out = {}
+        for key, value in node.items():
+            out[key] = _walk(value, (*path, key), visit)
         return out
     if type(node) in (list, tuple):
         return type(node)(_walk(v, (*path, i), visit) for i, v in enumerate(node))
