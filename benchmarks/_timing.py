@@ -8,6 +8,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 
 def timed(fn: Callable[[], object]) -> float:
     """Seconds ``fn()`` takes, after a garbage collection; its result is dropped untimed."""
@@ -28,8 +30,25 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def rotate(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds of each variant over ``runs`` rounds in rotating order."""
+def warm_memory(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of memory, so that the next call finds it host-backed.
+
+    This VM hands memory that stays free for a couple of seconds back to the host
+    (virtio-balloon free page reporting), and the first touch of such memory is
+    slow. A call that needs fresh page cache (a new file written beside an old one)
+    would pay for that; one that rewrites a file in place reuses the pages it frees.
+    """
+    if nbytes > 0:
+        block = np.ones(nbytes, dtype=np.uint8)
+        del block
+
+
+def rotate(variants: dict[str, Callable[[], object]], runs: int,
+           warm: int = 0) -> dict[str, float]:
+    """Median seconds of each variant over ``runs`` rounds in rotating order.
+
+    ``warm`` bytes of memory are touched before every timed call (``warm_memory``).
+    """
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_number in range(runs):
@@ -38,6 +57,7 @@ def rotate(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, fl
             # no variant pays for the write-back of the one before (save_weights and
             # torch.save do not fsync: their dirty pages would land on the next variant)
             os.sync()
+            warm_memory(warm)
             times[name].append(timed(variants[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 

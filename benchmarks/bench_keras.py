@@ -38,7 +38,7 @@ def make_model(million_params: int) -> keras.Model:
     return model
 
 
-def bench_keras(directory: Path, million_params: int, runs: int) -> None:
+def bench_keras(directory: Path, million_params: int, runs: int, warm: int) -> None:
     model = make_model(million_params)
     nbytes = sum(np.prod(v.shape) * 4 for v in model.variables + model.optimizer.variables)
     weights_file = directory / "m.weights.h5"
@@ -62,7 +62,7 @@ def bench_keras(directory: Path, million_params: int, runs: int) -> None:
         "keras load_weights": lambda: model.load_weights(weights_file),
         "ckpt.load(into=model)": lambda: ckpt.load(ckpt_file, into={"model": model}),
         "CheckpointManager.restore(into=)": lambda: mgr.restore(into={"model": model}),
-    }, runs)
+    }, runs, warm=warm * int(nbytes))
     base = {name: "keras save_weights" for name in medians}
     base.update({name: "keras load_weights" for name in
                  ("keras load_weights", "ckpt.load(into=model)",
@@ -71,7 +71,7 @@ def bench_keras(directory: Path, million_params: int, runs: int) -> None:
            f"and Adam slots, median of {runs}", medians, base)
 
 
-def bench_jax(directory: Path, million_params: int, runs: int) -> None:
+def bench_jax(directory: Path, million_params: int, runs: int, warm: int) -> None:
     try:
         import jax
         import jax.numpy as jnp
@@ -108,7 +108,7 @@ def bench_jax(directory: Path, million_params: int, runs: int) -> None:
         "ckpt.save": ckpt_save,
         "orbax restore": lambda: jax.block_until_ready(checkpointer.restore(orbax_dir, abstract)),
         "ckpt restore(into=pytree)": lambda: jax.block_until_ready(mgr.restore(into=template)),
-    }, runs)
+    }, runs, warm=warm * int(nbytes))
     base = {"orbax save": "orbax save", "ckpt.save": "orbax save",
             "orbax restore": "orbax restore", "ckpt restore(into=pytree)": "orbax restore"}
     report(f"JAX pytree: {nbytes / 2**20:.0f} MiB of float32, median of {runs}", medians, base)
@@ -118,11 +118,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=int, default=25, help="millions of weights")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warm", type=int, default=2, metavar="N",
+                        help="before each timed call, touch N times the state's size of "
+                             "memory (0: off; see _timing.warm_memory)")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bench-keras-"))
     try:
-        bench_keras(directory, args.params, args.runs)
-        bench_jax(directory, args.params, args.runs)
+        bench_keras(directory, args.params, args.runs, args.warm)
+        bench_jax(directory, args.params, args.runs, args.warm)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -57,6 +57,13 @@ def restore_into(data_path: str, index: dict, into: Any, *, keys: Any, strict: b
         if number not in destinations:
             destinations[number] = h5format.fresh_array(entries[number]["shape"],
                                                         np.dtype(entries[number]["dtype"]))
+    for number in plan.transient - set(destinations):
+        if "alias" not in entries[number] and (wanted is None or number in wanted):
+            # copied into the template and dropped: heap memory, which the allocator
+            # gives to the next read, where a fresh mapping is first touched each time
+            # (0.29 s against 0.06 s for 287 MiB of Keras variables on the jax backend)
+            destinations[number] = np.empty(entries[number]["shape"],
+                                            np.dtype(entries[number]["dtype"]))
     arrays = h5format.read_leaves(data_path, index, wanted, verify=verify, progress=progress,
                                   into=destinations, regions=boxes)
     substitutes = {n: plan.targets[n] for n in plan.destinations}

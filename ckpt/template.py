@@ -95,6 +95,9 @@ class Plan:
         self.states: dict[int, Any] = {}  # id(stateful object) -> its state dict
         self.views: dict[int, Any] = {}  # id(framework object) -> its stateful stand-in
         self.late: list[tuple[str, str, str, str]] = []  # found only with the values
+        # leaves whose read value is only copied into the template (a jax array, a
+        # tensor that cannot be read into): scratch memory, dropped after the copy
+        self.transient: set[int] = set()
 
 
 def plan(template: Any, specs: Any, result: Plan, path: KeyPath = ()) -> None:
@@ -269,12 +272,20 @@ class _Walk:
             problems = _array_spec_mismatch(template, spec)
             if not problems:
                 self.destine(spec, template, template if _fillable(template, spec) else None)
+                if spec.number not in self.result.destinations:
+                    # copied into it, or (read-only) handed to a stateful object's
+                    # load_state_dict, which copies it (a Keras variable on jax)
+                    self.result.transient.add(spec.number)
         elif (adapter := _tensor_adapter(template)) is not None:
             if not hasattr(adapter, "spec_mismatches"):
-                return  # a framework array (jax): checked against the values it gets
+                # a framework array (jax): checked against the values it gets
+                self.result.transient.add(spec.number)
+                return
             problems = adapter.spec_mismatches(template, spec)
             if not problems:
                 self.destine(spec, template, adapter.destination(template, spec))
+                if spec.number not in self.result.destinations:
+                    self.result.transient.add(spec.number)
         else:
             if lenient or template is None:
                 return
