@@ -8,8 +8,11 @@ concurrent multipart upload and chunked download, default settings). Variants ru
 in rotating order, ``--repeat`` times; figures are medians, ratios are baseline
 time / variant time (above 1: faster than plain s3fs).
 
-By default a moto server is started on 127.0.0.1 (as the tests do); ``--endpoint``
-measures any other S3-compatible server (credentials from the AWS_* variables).
+By default two local servers on 127.0.0.1 are measured in turn: moto (as the tests
+use), which answers every ranged GET by reading the whole object, and localbucket,
+which keeps objects as plain files and reads only the range asked for, as S3
+does. ``--endpoint`` measures any other S3-compatible server (credentials from
+the AWS_* variables).
 
     python benchmarks/bench_storage.py [--repeat 5] [--mib 256] [--endpoint URL]
 """
@@ -66,7 +69,10 @@ class Bench:
         return f"{self.bucket}/{uuid.uuid4().hex[:8]}"
 
     def clean(self, path: str) -> None:
-        self.fs.rm(path, recursive=True)
+        # one DeleteObject per key: localbucket has no DeleteObjects (bulk delete)
+        self.fs.invalidate_cache()
+        for key in self.fs.find(path):
+            self.fs.rm_file(key)
 
     # ------------------------------------------------------ variants
 
@@ -136,6 +142,11 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--endpoint", default=None,
                         help="an S3-compatible server to use (default: start moto locally)")
+    parser.add_argument("--server", nargs="+", default=["moto", "localbucket"],
+                        choices=["moto", "localbucket"],
+                        help="local servers to start, one after another (moto answers a "
+                             "ranged GET by reading the whole object; localbucket reads "
+                             "only the range from a plain file)")
     parser.add_argument("--part-mib", type=int, default=transfer.PART_BYTES // 2**20,
                         help="ckpt's multipart part size (default: %(default)s)")
     parser.add_argument("--read-mib", type=int, default=transfer.READ_BYTES // 2**20,
@@ -159,14 +170,17 @@ def main() -> None:
         return
     from tests.s3_server import start_server
 
-    with tempfile.TemporaryFile("w+") as log:
-        server = start_server(log)
-        try:
-            bench = Bench(server.options, state)
-            report(nbytes, measure(bench, args.repeat))
-        finally:
-            server.process.kill()
-            server.process.wait()
+    for kind in args.server:
+        with tempfile.TemporaryFile("w+") as log, \
+                tempfile.TemporaryDirectory(prefix="bench-s3-") as data:
+            server = start_server(log, kind, data)
+            try:
+                print(f"\n{kind} on 127.0.0.1")
+                bench = Bench(server.options, state)
+                report(nbytes, measure(bench, args.repeat))
+            finally:
+                server.process.kill()
+                server.process.wait()
 
 
 if __name__ == "__main__":

@@ -108,13 +108,21 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
-def start_server(log: Any) -> S3Server:
-    """Start moto on a free loopback port; raise if it does not answer in time."""
+def start_server(log: Any, kind: str = "moto", data_dir: str | None = None) -> S3Server:
+    """Start an S3 server on a free loopback port; raise if it does not answer in time.
+
+    ``kind`` is ``"moto"`` (what the tests use) or ``"localbucket"`` (objects as
+    plain files in ``data_dir``, ranged GETs read only their range: used by
+    ``benchmarks/bench_storage.py`` beside moto, which reads the whole object for
+    every ranged GET).
+    """
     for _ in range(3):  # the free port may be taken between probe and bind
         port = _free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        command = ([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+                   if kind == "moto" else
+                   [sys.executable, "-m", "localbucket", str(data_dir), "--host", "127.0.0.1",
+                    "--port", str(port)])
+        process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and process.poll() is None:
@@ -124,7 +132,7 @@ def start_server(log: Any) -> S3Server:
         process.kill()
         process.wait()
     log.seek(0)
-    raise RuntimeError(f"moto server did not start:\n{log.read()[-2000:]!r}")
+    raise RuntimeError(f"{kind} server did not start:\n{log.read()[-2000:]!r}")
 
 
 @pytest.fixture(scope="session")

@@ -411,3 +411,34 @@ def test_nothing_is_left_in_the_bucket_but_steps(s3):
     for step in range(3):
         mgr.save(step, state_of(step))
     assert step_objects(s3) == {"step_2": ["manifest.json", "state.h5"]}
+
+
+def test_a_server_without_bulk_delete_or_upload_listing(tmp_path):
+    """localbucket (a real S3 server in the test extra) has neither DeleteObjects nor
+    ListMultipartUploads: pruning deletes object by object and the leftover cleanup
+    skips the upload listing, instead of failing every save."""
+    import s3fs
+
+    from tests.s3_server import start_server
+
+    with open(tmp_path / "log", "w+") as log:
+        server = start_server(log, "localbucket", str(tmp_path / "data"))
+        try:
+            fs = s3fs.S3FileSystem(**server.options, skip_instance_cache=True)
+            fs.mkdir("plain")
+            with pytest.raises(OSError) as bulk:  # what the fallback is for
+                fs.rm(["plain/a", "plain/b"])
+            assert bulk.value.errno == 38
+            fs.pipe_file("plain/run/step_9/state.h5", b"left by a killed writer")
+            mgr = ckpt.CheckpointManager("s3://plain/run", storage_options=server.options,
+                                         keep=ckpt.KeepLast(1))
+            for step in (1, 2, 3):
+                assert mgr.save(step, state_of(step))
+            assert mgr.all_steps() == [3]
+            fs.invalidate_cache()
+            assert sorted(fs.find("plain/run")) == ["plain/run/step_3/manifest.json",
+                                                    "plain/run/step_3/state.h5"]
+            assert_tree_equal(mgr.restore(), state_of(3))
+        finally:
+            server.process.kill()
+            server.process.wait()

@@ -29,6 +29,7 @@ byte ranges of the leaves asked for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -272,7 +273,7 @@ class FsspecStore(Store):
         _, partial = self._scan(root)
         removed = []
         for step, names in partial.items():
-            self.fs.rm(names)
+            self._remove_objects(names)
             removed.append(fsutil.step_dir_name(step))
         removed += self._abort_unfinished_uploads(root)
         if removed:
@@ -289,7 +290,15 @@ class FsspecStore(Store):
         aborted = []
         listing = {"Bucket": bucket, "Prefix": prefix}
         while True:
-            page = self.fs.call_s3("list_multipart_uploads", **listing)
+            try:
+                page = self.fs.call_s3("list_multipart_uploads", **listing)
+            except OSError as error:
+                if error.errno != errno.ENOSYS:
+                    raise
+                # a server without ListMultipartUploads (some S3 emulators): what a
+                # killed writer's upload left is the server's to expire
+                log.debug("%s cannot list multipart uploads: %s", bucket, error)
+                return aborted
             for upload in page.get("Uploads", []):
                 top = upload["Key"][len(prefix):].split("/", 1)[0]
                 if fsutil.parse_step_dir(top) is None:
@@ -303,6 +312,18 @@ class FsspecStore(Store):
             listing.update(KeyMarker=page["NextKeyMarker"],
                            UploadIdMarker=page["NextUploadIdMarker"])
 
+    def _remove_objects(self, paths: list[str]) -> None:
+        """Delete ``paths``: one bulk request, or one per object on a server that
+        has no DeleteObjects (s3fs reports NotImplemented as ENOSYS)."""
+        try:
+            self.fs.rm(paths)
+        except OSError as error:
+            if error.errno != errno.ENOSYS:
+                raise
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+
     def remove_step(self, location: str) -> None:
         # the manifest first: from then on no reader lists the step
         manifest = self.path(f"{location}/{MANIFEST_NAME}")
@@ -312,7 +333,7 @@ class FsspecStore(Store):
         _failpoints.hit("prune.after_manifest_removed")
         rest = list(self._objects(location))
         if rest:
-            self.fs.rm(rest)
+            self._remove_objects(rest)
 
     def set_aside(self, location: str, new_name: str) -> str:
         parent = location.rsplit("/", 1)[0]
