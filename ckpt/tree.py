@@ -281,6 +281,10 @@ def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
     """
     kind = type(value)
     if kind is np.ndarray or kind is np.memmap:
+        if type(value.dtype).__module__.startswith("ml_dtypes"):
+            from ckpt.integrations import jax as jax_adapter  # imports no jax
+
+            return jax_adapter.encode_host_array(value)
         return "ndarray", _checked_array(value, path), {}
     if isinstance(value, np.generic):
         return "npscalar", _checked_array(np.asarray(value), path), {}

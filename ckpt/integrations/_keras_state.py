@@ -29,6 +29,8 @@ def _host(variable: Any) -> Any:
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes"):
+        if type(value).__module__.startswith("tensorflow"):
+            return value.numpy()  # an ml_dtypes array, stored with its bits
         return value  # torch and jax tensors keep their bits through their adapters
     detach = getattr(value, "detach", None)
     if detach is not None and getattr(value, "device", None) is not None \

@@ -38,8 +38,8 @@ import numpy as np
 
 from ckpt.template import describe
 
-__all__ = ["KIND", "stored_form", "stateful_view", "encode_leaf", "decode_leaf",
-           "array_adapter", "mismatch", "copy_into"]
+__all__ = ["KIND", "stored_form", "stateful_view", "encode_leaf", "encode_host_array",
+           "is_ml_dtype", "decode_leaf", "array_adapter", "mismatch", "copy_into"]
 
 KIND = "jax"
 _UINT_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -106,8 +106,25 @@ def encode_leaf(value: Any, key: str) -> tuple[str, np.ndarray, dict] | None:
     if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
         extra["key"] = str(jax.random.key_impl(value))
         value = jax.random.key_data(value)
-    array = np.asarray(jax.device_get(value))
-    if array.dtype.kind == "V" or type(array.dtype).__module__.startswith("ml_dtypes"):
+    return encode_host_array(np.asarray(jax.device_get(value)), extra)
+
+
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """A dtype numpy lacks, from ``ml_dtypes`` (bfloat16, float8, int4)."""
+    return dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes")
+
+
+def encode_host_array(array: np.ndarray, extra: dict | None = None
+                      ) -> tuple[str, np.ndarray, dict]:
+    """``("jax", C-contiguous array, extra)`` for a host array; no jax needed.
+
+    Also how a numpy array of an ``ml_dtypes`` dtype is stored (what a plain
+    restore of a bfloat16 jax leaf gives, a TensorFlow bfloat16 value): as the
+    unsigned integer of its width with the dtype's name, coming back as the same
+    numpy array.
+    """
+    extra = {} if extra is None else extra
+    if is_ml_dtype(array.dtype):
         extra["dtype"] = array.dtype.name
         array = array.view(_UINT_OF_WIDTH[array.dtype.itemsize])
     # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
