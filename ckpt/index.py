@@ -38,7 +38,7 @@ SHARDED_VERSION = 2
 RANK_FILE = re.compile(r"state\.rank[0-9]{1,6}\.h5")
 # an incremental save's hard link to the file an earlier step wrote (named after
 # that step): a plain name too, never a path
-LINKED_FILE = re.compile(r"data\.step[0-9]{1,20}\.h5")
+LINKED_FILE = re.compile(r"data\.step([0-9]{1,20})\.h5")
 MAX_SHARDS = 65536  # per leaf: more than any job's ranks
 USERBLOCK = 4096  # HDF5 needs it >= the 4 KiB data alignment; data starts after it
 

@@ -123,10 +123,12 @@ class CheckpointManager:
         self._last_save_time = _monotonic_since(newest.time if newest else None)
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
+        _check_incremental(incremental, self.store.local, distributed is True)
         self._collective = _collective(distributed, timeout)
         # schedule and stop decisions get a group of their own: a background save may
         # be running its collectives on the first one meanwhile
         self._control = None if self._collective is None else _collective(True, timeout)
+        # also when a running process group made this manager distributed by default
         self.incremental = _check_incremental(incremental, self.store.local,
                                               self._collective is not None)
         if async_save:
