@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
-from ckpt import h5format, manifest
+from ckpt import _failpoints, h5format, manifest
 from ckpt.errors import CheckpointError
 from ckpt.index import LINKED_FILE
 
@@ -131,6 +131,7 @@ def link_files(plan: Plan, location: str) -> Plan:
         digests = dict(plan.digests)
         digests.update({n: fields["digest"] for n, fields in plan.shared.items()})
         return Plan(digests=digests)
+    _failpoints.hit("incremental.linked")
     return plan
 
 
