@@ -10,7 +10,6 @@ checkpoint of a run that was never killed, bit for bit.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import pytest
 import ckpt
 from ckpt import inspection
 from ckpt._failpoints import INCREMENTAL_POINTS, POINTS
-from tests.conftest import ROOT, kill_after_ready, rounds
+from tests.conftest import ROOT, rounds
+from tests.integration.test_crash import kill_loop
 
 # The same few functions in the child and here: the frozen matrix never changes,
 # the trained vector and the small leaves change every step.
@@ -89,21 +89,10 @@ def no_leftovers(directory) -> bool:
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_sigkill_during_incremental_saves(tmp_path, async_save):
-    rng = random.Random(4321 + async_save)
-    committed: list[int] = []
-    verified: set[int] = set()
-    deleted: set[int] = set()
-    killed_mid_save = 0
-    for _ in range(rounds(8, 400)):
-        out = kill_after_ready(["-c", LOOP_CHILD, str(tmp_path), "1" if async_save else "0"],
-                               rng.uniform(0.0, 0.4))
-        committed += [int(line) for line in out.split()]
-        killed_mid_save += any(n.startswith(".tmp") for n in os.listdir(tmp_path))
-        mgr = check_directory(tmp_path, committed, verified, deleted)
-        # delete old steps, the ones whose files later steps link among them
-        for step in mgr.all_steps()[:-3]:
-            mgr.delete(step)
-            deleted.add(step)
+    # between kills the old steps are deleted, the ones whose files later steps link
+    # among them
+    committed, deleted, killed_mid_save = kill_loop(
+        tmp_path, LOOP_CHILD, async_save, rounds(8, 400), check_directory, seed=4321, keep=3)
     mgr = check_directory(tmp_path, committed, set(), deleted)
     latest = mgr.latest_step() or 0
     ckpt.CheckpointManager(tmp_path, incremental=True).save(latest + 1,
