@@ -326,14 +326,23 @@ def _description_json(found: inspection.Description) -> dict[str, Any]:
     return {"source": found.source, "format": found.format, "step": found.step,
             "time": found.time, "saved": local_time(found.time) if found.time is not None else None,
             "nbytes": found.nbytes, "metrics": found.metrics, "metadata": found.metadata,
-            "written_nbytes": found.written_nbytes,
-            "shared": [{"step": part.step, "file": part.file, "leaves": part.leaves,
-                        "nbytes": part.nbytes} for part in found.shared],
+            **_sharing_json(found),
             "leaves": [{"key": leaf.key, "path": list(leaf.path), "kind": leaf.kind,
                         "dtype": leaf.dtype, "nbytes": leaf.nbytes,
                         "shape": list(leaf.shape) if leaf.shape is not None else None,
-                        "shared_from": leaf.shared_from}
+                        **({"shared_from": leaf.shared_from}
+                           if leaf.shared_from is not None else {})}
                        for leaf in found.leaves]}
+
+
+def _sharing_json(found: inspection.Description) -> dict[str, Any]:
+    """An incremental step's ``shared`` files and ``written_nbytes`` (only for one that
+    shares: the output of every other step stays as it was)."""
+    if not found.shared:
+        return {}
+    return {"written_nbytes": found.written_nbytes,
+            "shared": [{"step": part.step, "file": part.file, "leaves": part.leaves,
+                        "nbytes": part.nbytes} for part in found.shared]}
 
 
 # --------------------------------------------------------------- verify

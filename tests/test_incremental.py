@@ -162,7 +162,11 @@ def test_show_says_what_is_shared(tmp_path, capsys):
     assert "written: " in out and "SHARED" in out
     assert cli.main(["show", "--json", str(tmp_path), "2"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["shared"][0]["step"] == 1
+    assert described["shared"] == [{"step": 1, "file": "data.step1.h5", "leaves": 1,
+                                    "nbytes": FROZEN.nbytes}]
+    shared_from = {leaf["key"]: leaf.get("shared_from") for leaf in described["leaves"]}
+    assert shared_from == {"model/frozen": 1, "model/'head/w'": None, "step": None,
+                           "tag": None, "bias": None}
 
 
 def test_plain_h5py_reads_an_incremental_step_from_another_cwd(tmp_path):
