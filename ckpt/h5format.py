@@ -104,15 +104,15 @@ def h5_name(path: KeyPath, int_key_clash: bool = False) -> str:
 
 def _dataset_names(paths: Sequence[KeyPath]) -> list[str]:
     # A dict may hold both 0 and "0": int keys then get a "%i" prefix (a str key
-    # can never escape to a name starting with "%i").
-    names, seen = [], set()
-    for path in paths:
-        name = h5_name(path)
-        if name in seen:
-            name = h5_name(path, int_key_clash=True)
-        seen.add(name)
-        names.append(name)
-    return names
+    # can never escape to a name starting with "%i"). Whichever comes first: when
+    # the int key came first, the str key's name clashed with it (a ValueError).
+    plain = [h5_name(path) for path in paths]
+    counts: dict[str, int] = {}
+    for name in plain:
+        counts[name] = counts.get(name, 0) + 1
+    return [h5_name(path, int_key_clash=True)
+            if counts[name] > 1 and any(type(key) is int for key in path) else name
+            for path, name in zip(paths, plain)]
 
 
 # ---------------------------------------------------------------- layout
