@@ -40,7 +40,7 @@ import numpy as np
 import xxhash
 
 from ckpt import _failpoints, h5format, manifest
-from ckpt.errors import CheckpointError
+from ckpt.errors import CheckpointError, CorruptCheckpointError
 from ckpt.index import LINKED_FILE
 
 __all__ = ["Plan", "MIN_LIVE_FRACTION", "digest", "linked_name", "plan", "link_files"]
@@ -115,7 +115,9 @@ def link_files(plan: Plan, location: str) -> Plan:
     """Hard-link the plan's files into the step directory ``location``.
 
     Returns the plan, or when the filesystem refuses a link (no hard links, another
-    device, too many links to one file) the plan of a full save, links removed.
+    device, too many links to one file) or a linked file is not the one the previous
+    step's index vouches for (replaced, truncated), the plan of a full save, links
+    removed. Checking costs a read of each linked file's index, not of its data.
     """
     made = []
     try:
@@ -123,7 +125,8 @@ def link_files(plan: Plan, location: str) -> Plan:
             target = os.path.join(location, name)
             os.link(source, target)
             made.append(target)
-    except OSError as error:
+            _check_linked(target, plan.files[name])
+    except (OSError, CheckpointError) as error:
         log.info("incremental save: cannot hard-link %s, saving in full: %s", source, error)
         for target in made:
             with contextlib.suppress(OSError):
@@ -133,6 +136,15 @@ def link_files(plan: Plan, location: str) -> Plan:
         return Plan(digests=digests)
     _failpoints.hit("incremental.linked")
     return plan
+
+
+def _check_linked(path: str, record: dict) -> None:
+    """The linked file has the size and index the previous step recorded for it."""
+    size = os.stat(path).st_size
+    if size != record["nbytes"]:
+        raise CorruptCheckpointError(path, f"{size} bytes, the previous step's index says "
+                                     f"{record['nbytes']}")
+    h5format.read_header_index(path, expected_checksum=record["index_checksum"])
 
 
 def _candidates(leaves: list) -> list[int]:

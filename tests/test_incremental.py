@@ -225,6 +225,18 @@ def test_a_full_save_or_a_damaged_previous_step_means_a_full_save(tmp_path):
     same_tree(mgr.restore(3), state(3))
 
 
+def test_a_linked_file_replaced_since_means_a_full_save(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    linked = tmp_path / "step_2" / "data.step1.h5"
+    data = bytearray(linked.read_bytes())
+    linked.unlink()  # a new inode under the old name: step 1's file is untouched
+    linked.write_bytes(bytes(data[:-1]))
+    mgr = ckpt.CheckpointManager(tmp_path, incremental=True)
+    mgr.save(3, state(3))
+    assert sorted(os.listdir(tmp_path / "step_3")) == ["manifest.json", "state.h5"]
+    same_tree(mgr.restore(3), state(3))
+
+
 def test_hard_links_refused_means_a_full_save(tmp_path, monkeypatch):
     mgr = save_steps(tmp_path, [1])
 
