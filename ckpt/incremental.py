@@ -164,6 +164,8 @@ def _same(entry: dict, kind: str, array: np.ndarray, extra: dict, new_digest: st
 def _previous_leaves(step: int, step_dir: str) -> dict[tuple, tuple[dict, _Source]]:
     """``{key path: (entry, source)}`` of the previous step's shareable leaves."""
     record = manifest.read(step_dir, step)
+    if record["version"] < 2:
+        return {}  # format 1 predates digests: nothing in it can be compared
     data_path, index = manifest.open_data(step_dir, step, record)
     own = {"nbytes": record["files"][manifest.DATA_NAME]["nbytes"],
            "index_checksum": record["files"][manifest.DATA_NAME]["index_checksum"]}
@@ -173,16 +175,20 @@ def _previous_leaves(step: int, step_dir: str) -> dict[tuple, tuple[dict, _Sourc
     own_shareable = linked_name(step) not in files
     out = {}
     for number, entry in enumerate(index["leaves"]):
-        if "digest" not in entry or "checksum" not in entry:
+        if not isinstance(entry.get("digest"), str) or "checksum" not in entry:
             continue  # written by a full save: its bytes were never digested
         external = entry.get("external")
+        # the index is validated, but not these fields (only incremental saves write them)
+        target = (external or entry).get("h5")
+        if not isinstance(target, str) or not target.startswith("/"):
+            continue
         if external is None and "offset" in entry and own_shareable:
             out[tuple(entry["path"])] = (entry, _Source(linked_name(step), data_path, number,
-                                                        entry["h5"], own))
+                                                        target, own))
         elif external is not None and LINKED_FILE.fullmatch(external["file"]):
             name = external["file"]
             out[tuple(entry["path"])] = (entry, _Source(
-                name, os.path.join(step_dir, name), external["leaf"], external["h5"],
+                name, os.path.join(step_dir, name), external["leaf"], target,
                 {"nbytes": files[name]["nbytes"],
                  "index_checksum": files[name]["index_checksum"]}))
     return out

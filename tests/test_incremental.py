@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import pytest
 import ckpt
 from ckpt import cli, h5format, incremental, inspection
 from ckpt.export import export_step
+from tests.conftest import ROOT
 
 FROZEN = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)  # 2 MiB
 
@@ -223,6 +225,17 @@ def test_a_full_save_or_a_damaged_previous_step_means_a_full_save(tmp_path):
     mgr.save(3, state(3))
     assert sorted(os.listdir(tmp_path / "step_3")) == ["manifest.json", "state.h5"]
     same_tree(mgr.restore(3), state(3))
+
+
+def test_after_a_format_1_step_the_first_incremental_save_is_full(tmp_path):
+    shutil.copytree(ROOT / "tests" / "data" / "format_v1", tmp_path, dirs_exist_ok=True)
+    mgr = ckpt.CheckpointManager(tmp_path, incremental=True)
+    mgr.save(4, state(4))
+    mgr.save(5, state(5))
+    assert sorted(os.listdir(tmp_path / "step_4")) == ["manifest.json", "state.h5"]
+    assert (tmp_path / "step_5" / "data.step4.h5").exists()
+    mgr.restore(3)  # still restorable next to them
+    same_tree(mgr.restore(5), state(5))
 
 
 def test_a_linked_file_replaced_since_means_a_full_save(tmp_path):
