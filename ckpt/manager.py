@@ -5,7 +5,9 @@ live in their own modules. The commit protocol (under the writer lock):
 
 1. remove leftovers of crashed writers; refuse a step that exists;
 2. create ``.tmp-step_<N>-...`` next to the final directory;
-3. write ``state.h5`` and fsync it (checksums are computed from memory);
+3. write ``state.h5`` and fsync it (checksums are computed from memory); with
+   ``incremental=True`` hard-link first the earlier files that hold the large
+   leaves that did not change (:mod:`ckpt.incremental`), which it then references;
 4. write ``manifest.json``, fsync it, fsync the temporary directory;
 5. rename it to ``step_<N>`` and fsync the directory: the commit;
 6. only then prune: rename each doomed step to ``.trash-...``, fsync, delete.
