@@ -14,7 +14,11 @@ several repetitions, medians:
 * 10,000 and 100,000 leaves of 1 KiB saved and restored through the manager, against
   ``torch.save``/``torch.load`` of the same tensors (every writer fsyncs its file).
 
-A later case (incremental saves) adds itself to ``CASES``.
+* fine-tuning (``--only finetune``): a 1 GiB state of which 90% is frozen, saved step
+  after step with ``incremental=True`` against full saves, both through a
+  ``CheckpointManager(keep=KeepLast(2))``: bytes written per save (files new in the
+  step directory, hard links not counted) and save time (digests and pruning
+  included), as ratios incremental/full.
 
     python benchmarks/bench_scale.py [--dir DIR] [--repeat 5] [--steps 10000] [--only NAME]
 """
@@ -36,7 +40,7 @@ import numpy as np
 from _timing import fsync_path, timed  # benchmarks/ is on sys.path when run as a script
 
 import ckpt
-from ckpt import fsutil, manifest
+from ckpt import fsutil, incremental, manifest
 
 try:
     import torch
@@ -222,7 +226,91 @@ def case_small_leaves(scratch: str, repeat: int, steps: int) -> None:
         del state, tensors
 
 
-CASES = {"listing": case_listing, "prune": case_prune, "small": case_small_leaves}
+def finetune_state(total_bytes: int = 1 << 30) -> dict:
+    """A fine-tuning state: 90% frozen float32 weights (9 tensors), 10% trained ones
+    (an adapter's weights and its two Adam moments), and the small leaves of a loop."""
+    floats = total_bytes // 4
+    frozen_each, rng = int(floats * 0.9) // 9, np.random.default_rng(3)
+    trained_each = (floats - 9 * frozen_each) // 3
+    frozen = {f"layer{i}": rng.standard_normal(frozen_each, dtype=np.float32)
+              for i in range(9)}
+    adapter = rng.standard_normal(trained_each, dtype=np.float32)
+    return {"model": {"frozen": frozen, "adapter": adapter},
+            "optimizer": {"exp_avg": np.zeros_like(adapter) + 0.1,
+                          "exp_avg_sq": np.zeros_like(adapter) + 0.2},
+            "step": 0, "lr": 1e-4}
+
+
+def train_step(state: dict, step: int) -> None:
+    """What a step changes: the trained tensors (in place, untimed), the counters."""
+    state["model"]["adapter"] += np.float32(1e-3)
+    state["optimizer"]["exp_avg"] *= np.float32(0.9)
+    state["optimizer"]["exp_avg_sq"] *= np.float32(0.999)
+    state["step"] = step
+
+
+def new_bytes(directory: str, step_dir: str, known: set[int]) -> int:
+    """Bytes of the files in ``step_dir`` whose inode no file of ``directory`` had
+    before (``known``): what the save wrote, hard links to earlier files excluded."""
+    return sum(os.stat(os.path.join(step_dir, name)).st_size for name in os.listdir(step_dir)
+               if os.stat(os.path.join(step_dir, name)).st_ino not in known)
+
+
+def inodes(directory: str) -> set[int]:
+    return {entry.stat().st_ino for step_dir in fsutil.step_dirs(directory).values()
+            for entry in os.scandir(step_dir)}
+
+
+def case_finetune(scratch: str, repeat: int, steps: int) -> None:
+    state = finetune_state()  # every page touched: this VM backs memory lazily
+    arrays = [*state["model"]["frozen"].values(), state["model"]["adapter"],
+              *state["optimizer"].values()]
+    total = sum(array.nbytes for array in arrays)
+    managers, written = {}, {}
+    step = [0]
+    for name, linking in (("full", False), ("incremental", True)):
+        directory = os.path.join(scratch, f"finetune-{name}")
+        managers[name] = ckpt.CheckpointManager(directory, keep=ckpt.KeepLast(2),
+                                                incremental=linking, progress=False)
+        written[name] = []
+        for _ in range(2):  # warm-up: the first full write, then one save of each kind
+            step[0] += 1
+            train_step(state, step[0])
+            managers[name].save(step[0], state)
+
+    def save(name: str) -> float:
+        mgr = managers[name]
+        directory = os.fspath(mgr.directory)
+        step[0] += 1
+        train_step(state, step[0])
+        known = inodes(directory)
+        os.sync()  # no variant pays for the write-back of another's deletions
+        seconds = timed(lambda: mgr.save(step[0], state))
+        written[name].append(new_bytes(directory, mgr._step_path(step[0]), known))
+        return seconds
+
+    def digests() -> float:  # the part of an incremental save that reads every byte
+        return timed(lambda: [incremental.digest(array) for array in arrays])
+
+    results = rotating({"full": lambda: save("full"),
+                        "incremental": lambda: save("incremental"),
+                        "digests": digests}, repeat)
+    full_bytes = statistics.median(written["full"])
+    inc_bytes = statistics.median(written["incremental"])
+    print(f"\nfine-tuning: {total / 2**30:.2f} GiB state, 90% frozen, KeepLast(2) "
+          f"(x = incremental / full; targets <= 0.15 bytes, <= 0.25 time)")
+    row("full save (baseline)", results["full"], None,
+        f"{full_bytes / 2**20:8.1f} MiB written")
+    row("incremental save", results["incremental"], None,
+        f"{inc_bytes / 2**20:8.1f} MiB written")
+    row("  of which: xxh3-128 digests of every leaf", results["digests"], None,
+        "(measured alone)")
+    print(f"  incremental / full: bytes {inc_bytes / full_bytes:.3f}, "
+          f"time {results['incremental'] / results['full']:.3f}")
+
+
+CASES = {"listing": case_listing, "prune": case_prune, "small": case_small_leaves,
+         "finetune": case_finetune}
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 
-__all__ = ["hit", "POINTS", "REMOTE_POINTS"]
+__all__ = ["hit", "POINTS", "REMOTE_POINTS", "INCREMENTAL_POINTS"]
 
 # Every point the commit protocol and pruning pass through, in order.
 POINTS = (
@@ -42,6 +42,11 @@ POINTS = (
     "listing.removed",        # the listing cache is gone, no step removed yet (pruning)
     "listing.written",        # its replacement is written under a temporary name
     "listing.after_rename",   # and renamed over: the cache is current
+)
+
+# Hit only by incremental saves (after tmpdir.created, before data.before_write).
+INCREMENTAL_POINTS = (
+    "incremental.linked",     # the earlier steps' files are hard-linked into the tmp dir
 )
 
 # The object-store commit (no rename: the manifest, created last, commits) and pruning.

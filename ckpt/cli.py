@@ -272,13 +272,28 @@ def _run_show(args: argparse.Namespace) -> int:
     for line in _metadata_lines(found.metadata, "attributes" if found.format in ("hdf5", "keras")
                                 else "metadata"):
         print(line)
-    _table(("KEY", "TYPE", "DTYPE", "SHAPE", "SIZE"),
+    for line in _sharing_lines(found):
+        print(line)
+    shared = bool(found.shared)
+    _table(("KEY", "TYPE", "DTYPE", "SHAPE", "SIZE") + (("SHARED",) if shared else ()),
            [(leaf.key, leaf.kind, leaf.dtype or "-", _shape_text(leaf.shape),
-             human_size(leaf.nbytes)) for leaf in found.leaves], right={4})
+             human_size(leaf.nbytes))
+            + ((f"step {leaf.shared_from}" if leaf.shared_from is not None else "-",)
+               if shared else ())
+            for leaf in found.leaves], right={4})
     total = sum(leaf.nbytes for leaf in found.leaves)
     noun = ("dataset", None) if found.format in ("hdf5", "keras") else ("leaf", "leaves")
     print(f"{_plural(len(found.leaves), *noun)}, {human_size(total)} of data")
     return EXIT_OK
+
+
+def _sharing_lines(found: inspection.Description) -> list[str]:
+    """What an incremental step shares with earlier steps, and what its save wrote."""
+    if not found.shared:
+        return []
+    lines = [f"shared with step {part.step}: {_plural(part.leaves, 'leaf', 'leaves')}, "
+             f"{human_size(part.nbytes)} (hard link {part.file})" for part in found.shared]
+    return lines + [f"written: {human_size(found.written_nbytes or 0)} (state.h5)"]
 
 
 def _description_title(found: inspection.Description) -> str:
@@ -311,10 +326,23 @@ def _description_json(found: inspection.Description) -> dict[str, Any]:
     return {"source": found.source, "format": found.format, "step": found.step,
             "time": found.time, "saved": local_time(found.time) if found.time is not None else None,
             "nbytes": found.nbytes, "metrics": found.metrics, "metadata": found.metadata,
+            **_sharing_json(found),
             "leaves": [{"key": leaf.key, "path": list(leaf.path), "kind": leaf.kind,
                         "dtype": leaf.dtype, "nbytes": leaf.nbytes,
-                        "shape": list(leaf.shape) if leaf.shape is not None else None}
+                        "shape": list(leaf.shape) if leaf.shape is not None else None,
+                        **({"shared_from": leaf.shared_from}
+                           if leaf.shared_from is not None else {})}
                        for leaf in found.leaves]}
+
+
+def _sharing_json(found: inspection.Description) -> dict[str, Any]:
+    """An incremental step's ``shared`` files and ``written_nbytes`` (only for one that
+    shares: the output of every other step stays as it was)."""
+    if not found.shared:
+        return {}
+    return {"written_nbytes": found.written_nbytes,
+            "shared": [{"step": part.step, "file": part.file, "leaves": part.leaves,
+                        "nbytes": part.nbytes} for part in found.shared]}
 
 
 # --------------------------------------------------------------- verify

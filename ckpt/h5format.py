@@ -104,15 +104,15 @@ def h5_name(path: KeyPath, int_key_clash: bool = False) -> str:
 
 def _dataset_names(paths: Sequence[KeyPath]) -> list[str]:
     # A dict may hold both 0 and "0": int keys then get a "%i" prefix (a str key
-    # can never escape to a name starting with "%i").
-    names, seen = [], set()
-    for path in paths:
-        name = h5_name(path)
-        if name in seen:
-            name = h5_name(path, int_key_clash=True)
-        seen.add(name)
-        names.append(name)
-    return names
+    # can never escape to a name starting with "%i"). Whichever comes first: when
+    # the int key came first, the str key's name clashed with it (a ValueError).
+    plain = [h5_name(path) for path in paths]
+    counts: dict[str, int] = {}
+    for name in plain:
+        counts[name] = counts.get(name, 0) + 1
+    return [h5_name(path, int_key_clash=True)
+            if counts[name] > 1 and any(type(key) is int for key in path) else name
+            for path, name in zip(paths, plain)]
 
 
 # ---------------------------------------------------------------- layout
@@ -198,11 +198,26 @@ def _create_empty(file: h5py.File, name: str, tid: Any, shape: tuple[int, ...]) 
     return dataset.get_offset()
 
 
+def _create_link(file: h5py.File, name: str, external: dict) -> None:
+    """An HDF5 external link at ``name`` to the dataset another file of the step holds.
+
+    The target file is a bare name: HDF5 looks for it next to this file, so the step
+    directory reads with plain h5py from any working directory.
+    """
+    parent, _, base = name.rpartition("/")
+    group = file.require_group(parent) if parent else file
+    group[base] = h5py.ExternalLink(external["file"], external["h5"])
+
+
 # ----------------------------------------------------------------- write
 
 
-def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int]]]:
-    """Index entries for each leaf, the packs, and which leaves go in which pack."""
+def _plan(leaves: Sequence[Leaf], shared: dict[int, dict]
+          ) -> tuple[list[dict], list[dict], list[list[int]]]:
+    """Index entries for each leaf, the packs, and which leaves go in which pack.
+
+    A leaf in ``shared`` gets those fields (its ``external`` location) and no bytes.
+    """
     entries, packs, members = [], [], []
     size = 0
     dtype_names: dict[np.dtype, str] = {}  # dtype.str builds a new str each call
@@ -217,7 +232,9 @@ def _plan(leaves: Sequence[Leaf]) -> tuple[list[dict], list[dict], list[list[int
         }
         if extra:
             entry["extra"] = extra
-        if "alias" in extra:
+        if number in shared:
+            entry.update(shared[number])
+        elif "alias" in extra:
             # bytes another leaf already holds (tied tensors): stored once, with that leaf
             entry["alias"] = extra["alias"]
             entry["extra"] = {k: v for k, v in extra.items() if k != "alias"}
@@ -246,6 +263,8 @@ def write_state(
     sink: Any = None,
     external: list[dict] | None = None,
     files: dict | None = None,
+    shared: dict[int, dict] | None = None,
+    digests: dict[int, str] | None = None,
 ) -> dict:
     """Write a state file at ``path`` (created exclusively) and fsync it.
 
@@ -255,13 +274,20 @@ def write_state(
     files of the step hold, and ``files`` those files' sizes and index checksums:
     the index of a distributed save (``index.SHARDED_VERSION``).
 
+    An incremental save (:mod:`ckpt.incremental`) passes ``shared``: leaf number ->
+    the fields of its entry (``external``: ``{file, leaf, h5}``) for a large leaf an
+    earlier step's file (listed in ``files``) holds. Such a leaf is not written; h5py
+    sees an ``ExternalLink`` at its dataset path instead. ``digests`` adds a
+    ``digest`` field to the entries of written leaves (what the next save compares).
+
     Returns the index: tree, one entry per leaf with its offset and checksum, the
     packs, plus (not stored in the index itself) the file's size ``file_nbytes``
     and the index's checksum ``index_checksum``. On any error the partial file is
     removed.
     """
+    shared = shared or {}
     with gc_paused():
-        entries, packs, members = _plan(leaves)
+        entries, packs, members = _plan(leaves, shared)
     pack_buffers = []
     for pack, numbers in zip(packs, members):
         buffer = np.zeros(pack["nbytes"], dtype=np.uint8)
@@ -271,9 +297,12 @@ def write_state(
             buffer[start:start + view.size] = view
         pack["checksum"] = checksum(buffer)
         pack_buffers.append(buffer)
-    big = [n for n, e in enumerate(entries) if "pack" not in e and "alias" not in e]
+    big = [n for n, e in enumerate(entries)
+           if "pack" not in e and "alias" not in e and n not in shared]
     for number in big:
         entries[number]["checksum"] = checksum(_bytes_view(leaves[number][2]))
+    for number, digest in (digests or {}).items():
+        entries[number]["digest"] = digest
 
     index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "tree": treedef,
                              "leaves": entries, "packs": packs, "metadata": metadata}
@@ -283,12 +312,17 @@ def write_state(
     layout = _SparseFile()
     with h5py.File(layout, "w", userblock_size=USERBLOCK, track_order=True,
                    alignment_threshold=PACK_THRESHOLD, alignment_interval=4096) as file:
-        names = _dataset_names([leaves[n][0] for n in big])
+        linked = sorted(shared)
+        names = _dataset_names([leaves[n][0] for n in big + linked])
         for number, name in zip(big, names):
             array = leaves[number][2]
             tid, raw = _h5_type(array.dtype)
             shape = (array.nbytes,) if raw else array.shape
             entries[number]["offset"] = _create_empty(file, name, tid, shape)
+            entries[number]["h5"] = name
+        for number, name in zip(linked, names[len(big):]):
+            # metadata only (a link message in its group): no data offset to plan
+            _create_link(file, name, entries[number]["external"])
             entries[number]["h5"] = name
         u8 = h5py.h5t.py_create(np.dtype(np.uint8))
         for number, pack in enumerate(packs):
@@ -546,9 +580,9 @@ def _rank_index(index: dict, name: str, file_path: str) -> dict:
     cache = index.setdefault("_rank_indexes", {})  # in memory only, never written
     if name not in cache:
         record = index["files"][name]
+        # a linked file (an incremental step's) may have an index of version 2 itself:
+        # only its own stored leaves are ever read through it (see _check_piece)
         sub = read_header_index(file_path, expected_checksum=record["index_checksum"])
-        if sub.get("version") != VERSION:
-            raise CorruptCheckpointError(file_path, "a rank file is itself sharded")
         sub["file_nbytes"] = record["nbytes"]
         cache[name] = sub
     return cache[name]
@@ -563,7 +597,8 @@ def _check_piece(entry: dict, piece: dict, sub_index: dict, file_path: str,
     leaf = piece["leaf"]
     sub = subs[leaf] if leaf < len(subs) else None
     if (sub is None or sub["dtype"] != entry["dtype"] or sub["kind"] != entry["kind"]
-            or sub["shape"] != piece["shape"]):
+            or sub["shape"] != piece["shape"]
+            or any(field in sub for field in ("external", "shards", "alias"))):
         raise CorruptCheckpointError(file_path, f"leaf {leaf} of this file does not hold the "
                                      f"shard the step's index names", key=keystr(entry["path"]))
 

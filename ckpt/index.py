@@ -27,7 +27,7 @@ from ckpt.tree import (
 )
 
 __all__ = ["FORMAT", "VERSION", "SHARDED_VERSION", "USERBLOCK", "validate_index",
-           "plain_dtype", "RANK_FILE"]
+           "plain_dtype", "RANK_FILE", "LINKED_FILE", "is_data_file_name"]
 
 FORMAT = "ckpt"
 VERSION = 1
@@ -36,6 +36,9 @@ VERSION = 1
 SHARDED_VERSION = 2
 # the only names such an index may point at: files next to it, never a path
 RANK_FILE = re.compile(r"state\.rank[0-9]{1,6}\.h5")
+# an incremental save's hard link to the file an earlier step wrote (named after
+# that step): a plain name too, never a path
+LINKED_FILE = re.compile(r"data\.step([0-9]{1,20})\.h5")
 MAX_SHARDS = 65536  # per leaf: more than any job's ranks
 USERBLOCK = 4096  # HDF5 needs it >= the 4 KiB data alignment; data starts after it
 
@@ -197,13 +200,19 @@ def _check_kind(entry: dict, dtype: np.dtype, shape: list, key: str) -> None:
                        f"(extra {str(extra)[:50]})", key)
 
 
+def is_data_file_name(name: Any) -> bool:
+    """Whether ``name`` may name another data file of a step (a rank file or a link)."""
+    return type(name) is str and bool(RANK_FILE.fullmatch(name) or LINKED_FILE.fullmatch(name))
+
+
 def _check_files(files: Any) -> dict:
-    """A sharded index's ``files``: rank file name -> its size and index checksum."""
+    """A sharded index's ``files``: data file name -> its size and index checksum."""
     if not isinstance(files, dict) or len(files) > MAX_SHARDS:
         raise _Invalid("a sharded index needs a mapping of its files", None)
     for name, record in files.items():
-        if not RANK_FILE.fullmatch(name):
-            raise _Invalid(f"data file name {name[:60]!r} is not state.rank<N>.h5", None)
+        if not is_data_file_name(name):
+            raise _Invalid(f"data file name {name[:60]!r} is not state.rank<N>.h5 or "
+                           "data.step<N>.h5", None)
         if (not isinstance(record, dict) or type(record.get("nbytes")) is not int
                 or record["nbytes"] < 0 or not isinstance(record.get("index_checksum"), str)):
             raise _Invalid(f"file record of {name} needs nbytes and index_checksum", None)

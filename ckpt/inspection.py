@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ckpt import foreign, fsutil, h5format, keras_archive, manifest, storage
+from ckpt import foreign, fsutil, h5format, incremental, keras_archive, manifest, storage
 from ckpt._progress import progress_bar
 from ckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ckpt.index import LINKED_FILE
 from ckpt.manager import CheckpointManager
 from ckpt.policies import (
     AnyOf,
@@ -40,6 +41,7 @@ from ckpt.tree import keystr, leaf_paths
 __all__ = [
     "StepRow",
     "LeafRow",
+    "SharedFile",
     "Description",
     "VerifyResult",
     "LeafDiff",
@@ -89,6 +91,17 @@ class LeafRow:
     dtype: str | None
     shape: tuple[int, ...] | None
     nbytes: int
+    shared_from: int | None = None  # the earlier step whose file holds its bytes
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """Bytes an incremental step shares with an earlier step: one hard-linked file."""
+
+    step: int     # the step that wrote the file
+    file: str     # its name in this step's directory (data.step<N>.h5)
+    leaves: int   # how many leaves of this step it holds
+    nbytes: int   # their bytes
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class Description:
     time: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     metadata: Any = None
+    shared: tuple[SharedFile, ...] = ()  # an incremental step's linked files
+    written_nbytes: int | None = None    # a step's own state.h5 (what its save wrote)
 
 
 @dataclass(frozen=True)
@@ -346,9 +361,23 @@ def describe_step(directory: str | os.PathLike[str], step: int | None = None) ->
         _, index = manifest.open_data(step_dir, step, record)
     except CorruptCheckpointError as error:
         raise error.for_step(step) from None
-    return Description(source=step_dir, format="ckpt-step", leaves=_leaf_rows(index),
+    leaves = _leaf_rows(index)
+    return Description(source=step_dir, format="ckpt-step", leaves=leaves,
                        nbytes=_disk_size(step_dir), step=step, time=float(record["time"]),
-                       metrics=dict(record["metrics"]), metadata=record.get("metadata"))
+                       metrics=dict(record["metrics"]), metadata=record.get("metadata"),
+                       shared=_shared_files(leaves),
+                       written_nbytes=record["files"][manifest.DATA_NAME].get("nbytes"))
+
+
+def _shared_files(leaves: list[LeafRow]) -> tuple[SharedFile, ...]:
+    """Per earlier step, the leaves of an incremental step whose bytes it holds."""
+    by_step: dict[int, list[LeafRow]] = {}
+    for leaf in leaves:
+        if leaf.shared_from is not None:
+            by_step.setdefault(leaf.shared_from, []).append(leaf)
+    return tuple(SharedFile(step=step, file=incremental.linked_name(step), leaves=len(rows),
+                            nbytes=sum(row.nbytes for row in rows))
+                 for step, rows in sorted(by_step.items()))
 
 
 def describe_file(path: str | os.PathLike[str]) -> Description:
@@ -407,8 +436,10 @@ def _leaf_rows(index: dict) -> list[LeafRow]:
 
 def _leaf_row(path: tuple[str | int, ...], entry: dict) -> LeafRow:
     shape = tuple(entry["shape"]) if entry["kind"] in _ARRAY_KINDS else None
+    linked = LINKED_FILE.fullmatch(entry.get("external", {}).get("file", ""))
     return LeafRow(key=keystr(path), path=path, kind=entry["kind"], dtype=leaf_dtype(entry),
-                   shape=shape, nbytes=int(entry["nbytes"]))
+                   shape=shape, nbytes=int(entry["nbytes"]),
+                   shared_from=int(linked.group(1)) if linked else None)
 
 
 def leaf_dtype(entry: dict) -> str | None:

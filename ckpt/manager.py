@@ -5,7 +5,9 @@ live in their own modules. The commit protocol (under the writer lock):
 
 1. remove leftovers of crashed writers; refuse a step that exists;
 2. create ``.tmp-step_<N>-...`` next to the final directory;
-3. write ``state.h5`` and fsync it (checksums are computed from memory);
+3. write ``state.h5`` and fsync it (checksums are computed from memory); with
+   ``incremental=True`` hard-link first the earlier files that hold the large
+   leaves that did not change (:mod:`ckpt.incremental`), which it then references;
 4. write ``manifest.json``, fsync it, fsync the temporary directory;
 5. rename it to ``step_<N>`` and fsync the directory: the commit;
 6. only then prune: rename each doomed step to ``.trash-...``, fsync, delete.
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ckpt import _failpoints, fsutil, h5format, manifest, storage
+from ckpt import _failpoints, fsutil, h5format, incremental, manifest, storage
 from ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -77,6 +79,10 @@ class CheckpointManager:
             Building the manager is then a collective too.
         timeout: seconds a rank waits for the others in a distributed save or
             restore before raising ``CheckpointError`` (a rank died or stalled).
+        incremental: a large leaf whose bytes equal the newest committed step's is
+            hard-linked from that step's file instead of written again
+            (:mod:`ckpt.incremental`). Local directories only; not with
+            ``distributed`` (``ValueError``).
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class CheckpointManager:
         storage_options: dict | None = None,
         distributed: bool | None = None,
         timeout: float | None = None,
+        incremental: bool = False,
     ) -> None:
         save_every, save_every_seconds = check_schedule(save_every, save_every_seconds)
         self.root = os.fspath(directory)
@@ -118,10 +125,14 @@ class CheckpointManager:
         self._last_save_time = _monotonic_since(newest.time if newest else None)
         self.last_restored_step: int | None = None  # which step the last restore() read
         self._writer = None
+        _check_incremental(incremental, self.store.local, distributed is True)
         self._collective = _collective(distributed, timeout)
         # schedule and stop decisions get a group of their own: a background save may
         # be running its collectives on the first one meanwhile
         self._control = None if self._collective is None else _collective(True, timeout)
+        # also when a running process group made this manager distributed by default
+        self.incremental = _check_incremental(incremental, self.store.local,
+                                              self._collective is not None)
         if async_save:
             from ckpt.async_writer import AsyncWriter
 
@@ -381,18 +392,30 @@ class CheckpointManager:
             raise StepExistsError(final, step)
         writer = self.store.begin_step(self.root, fsutil.step_dir_name(step))
         try:
+            shared = self._plan_incremental(leaves, writer.location)
             index = h5format.write_state(
                 storage.join(writer.location, manifest.DATA_NAME), treedef, leaves,
                 progress=self.progress,
                 sink=lambda size, chunks, progress: writer.write_file(
-                    manifest.DATA_NAME, size, chunks, progress))
+                    manifest.DATA_NAME, size, chunks, progress),
+                shared=shared.shared, digests=shared.digests, files=shared.files or None)
             record = manifest.build(step, time.time(), metrics, metadata, index,
-                                    retention=to_spec(self.keep))
+                                    retention=to_spec(self.keep), extra_files=shared.files)
             writer.commit(manifest.encode(record))
         except BaseException:
             writer.abort()
             raise
         self._remember(step, record)
+
+    def _plan_incremental(self, leaves: list, location: str) -> incremental.Plan:
+        """What this save links from the newest committed step (under the writer
+        lock, so no writer prunes that step meanwhile), the links made in
+        ``location``; an empty plan unless ``incremental``."""
+        if not self.incremental:
+            return incremental.Plan()
+        newest = self._newest(self._info)
+        previous = (newest[0], newest[1].path) if newest is not None else None
+        return incremental.link_files(incremental.plan(leaves, previous), location)
 
     def _remember(self, step: int, record: dict) -> None:
         # pruning lists every step next: spare it re-reading the manifest just written
@@ -724,6 +747,18 @@ def _collective(distributed: bool | None, timeout: float | None) -> Any:
     from ckpt.distributed import DEFAULT_TIMEOUT, Collective
 
     return Collective(DEFAULT_TIMEOUT if timeout is None else timeout)
+
+
+def _check_incremental(incremental: bool, local: bool, distributed: bool) -> bool:
+    """``incremental``, refused where hard links cannot share the bytes."""
+    if incremental and not local:
+        raise ValueError("incremental=True needs a local directory: an object store has "
+                         "no hard links (save in full, or to local disk)")
+    if incremental and distributed:
+        raise ValueError("incremental=True is not supported with distributed saves "
+                         "(each rank's file would need its own links); pass "
+                         "distributed=False or incremental=False")
+    return bool(incremental)
 
 
 def _find_best(policy: Policy) -> KeepBest | None:

@@ -307,7 +307,7 @@ def _files_problem(manifest: dict, version: int) -> str | None:
     if version == 1:
         return None  # the index it holds is checked when the data file is opened
     for name, record in files.items():
-        if name != DATA_NAME and not index_check.RANK_FILE.fullmatch(str(name)):
+        if name != DATA_NAME and not index_check.is_data_file_name(name):
             return f"manifest names a data file {str(name)[:60]!r} that no step holds"
         nbytes = record.get("nbytes") if isinstance(record, dict) else None
         expected = record.get("index_checksum") if isinstance(record, dict) else None

@@ -55,6 +55,16 @@ def test_ckpt_files_are_plain_hdf5_for_other_tools(tmp_path):
     assert_tree_equal(ckpt.load(tmp_path / "c.h5"), state)
 
 
+@pytest.mark.parametrize("keys", [(0, "0"), ("0", 0)], ids=["int-first", "str-first"])
+def test_an_int_key_and_the_same_str_key_get_distinct_datasets(tmp_path, keys):
+    # int first used to fail with h5py's "name already exists"
+    tree = {key: np.full(20_000, number, np.float32) for number, key in enumerate(keys)}
+    ckpt.save(tmp_path / "f.h5", tree)
+    assert_tree_equal(ckpt.load(tmp_path / "f.h5"), tree)
+    with h5py.File(tmp_path / "f.h5", "r") as file:
+        assert file["%i0"][0] == keys.index(0) and file["0"][0] == keys.index("0")
+
+
 def test_save_replaces_atomically_and_a_failed_save_keeps_the_old_file(tmp_path):
     path = tmp_path / "w.h5"
     ckpt.save(path, {"v": 1})

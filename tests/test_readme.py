@@ -40,3 +40,13 @@ def test_lightning_example_runs_as_printed_and_model_checkpoint_writes_ckpt_file
     (written,) = (tmp_path / "checkpoints").iterdir()
     assert written.name == "epoch=2-step=96.ckpt"
     assert ckpt.load(written)["global_step"] == 96
+
+
+def test_incremental_example_runs_and_links_the_frozen_leaf(tmp_path):
+    code = readme_block("## Incremental saves")
+    script = f"import os; os.chdir({str(tmp_path)!r})\n{code}"
+    out = run_python(script).stdout.strip().splitlines()
+    assert out == ["[3, 4] ['data.step1.h5', 'manifest.json', 'state.h5']"]  # as commented
+    run = tmp_path / "runs" / "finetune"
+    assert ((run / "step_3" / "data.step1.h5").stat().st_ino
+            == (run / "step_4" / "data.step1.h5").stat().st_ino)

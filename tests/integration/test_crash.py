@@ -51,23 +51,32 @@ def check_directory(directory, committed, verified, deleted=frozenset()):
     return mgr
 
 
-def kill_rounds(tmp_path, async_save, count):
-    rng = random.Random(1234 + async_save)
+def kill_loop(directory, child, async_save, count, check, *, seed=1234, keep=5):
+    """SIGKILL ``child`` (which saves in a loop, printing each committed step) at
+    random moments ``count`` times, ``check(directory, committed, verified,
+    deleted)`` after each kill; returns ``(committed, deleted, kills inside a save)``."""
+    rng = random.Random(seed + async_save)
     committed: list[int] = []
     verified: set[int] = set()
     deleted: set[int] = set()
     killed_mid_save = 0
     for _ in range(count):
-        out = kill_after_ready(["-c", CHILD, str(tmp_path), "1" if async_save else "0"],
+        out = kill_after_ready(["-c", child, str(directory), "1" if async_save else "0"],
                                rng.uniform(0.0, 0.4))
         committed += [int(line) for line in out.split()]
-        killed_mid_save += any(n.startswith(".tmp") for n in os.listdir(tmp_path))
-        mgr = check_directory(tmp_path, committed, verified, deleted)
+        killed_mid_save += any(n.startswith(".tmp") for n in os.listdir(directory))
+        mgr = check(directory, committed, verified, deleted)
         # Bound the disk a long soak uses: once verified, old steps may go (by the
         # test, with the child dead); "nothing lost" is then checked for the rest.
-        for step in mgr.all_steps()[:-5]:
+        for step in mgr.all_steps()[:-keep]:
             mgr.delete(step)
             deleted.add(step)
+    return committed, deleted, killed_mid_save
+
+
+def kill_rounds(tmp_path, async_save, count):
+    committed, deleted, killed_mid_save = kill_loop(tmp_path, CHILD, async_save, count,
+                                                    check_directory)
     mgr = check_directory(tmp_path, committed, set(), deleted)
     latest = mgr.latest_step()
     if latest is not None:
