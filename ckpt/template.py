@@ -268,7 +268,15 @@ class _Walk:
         return self.apply_leaf(template, restored, path, lenient)
 
     def plan_leaf(self, template: Any, spec: LeafSpec, path: KeyPath, lenient: bool) -> None:
-        if isinstance(template, np.ndarray):
+        if isinstance(template, np.ndarray) and _ml_array_of(template, spec):
+            # a numpy bfloat16 (ml_dtypes) array, stored as its unsigned bits
+            problems = ([] if template.shape == spec.shape
+                        else [("shape", str(template.shape), str(spec.shape))])
+            if not problems:
+                bits = template.view(spec.dtype) if template.ndim else None
+                self.destine(spec, template,
+                             bits if bits is not None and _fillable(bits, spec) else None)
+        elif isinstance(template, np.ndarray):
             problems = _array_spec_mismatch(template, spec)
             if not problems:
                 self.destine(spec, template, template if _fillable(template, spec) else None)
@@ -348,6 +356,12 @@ def _adapter_mismatches(adapter: Any, template: Any, restored: Any) -> list:
         return adapter.mismatches(template, restored)
     problem = adapter.mismatch(template, restored)
     return [problem] if problem else []
+
+
+def _ml_array_of(array: np.ndarray, spec: LeafSpec) -> bool:
+    """Whether ``spec`` holds the bits of an ml_dtypes array of ``array``'s dtype."""
+    return (spec.kind == "jax" and spec.extra.get("dtype") == array.dtype.name
+            and type(array.dtype).__module__.startswith("ml_dtypes"))
 
 
 def _fillable(array: np.ndarray, spec: LeafSpec) -> bool:

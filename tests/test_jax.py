@@ -75,6 +75,32 @@ def test_a_plain_restore_needs_no_jax(tmp_path, train_state):
     assert out.split() == ["bfloat16", "[0.0,", "1.0,", "2.0]"]
 
 
+def test_a_plain_restore_saves_again_bit_for_bit_without_jax(tmp_path, train_state):
+    """What a plain restore gives (numpy arrays of ml_dtypes' bfloat16) can be saved
+    again, and restored into a numpy template in place; no jax in that process."""
+    ckpt.save(tmp_path / "s.h5", train_state)
+    code = (
+        "import sys, numpy as np, ml_dtypes, ckpt\n"
+        "t = ckpt.load(sys.argv[1])\n"
+        "t['f8'] = np.arange(6, dtype=np.float32).astype(ml_dtypes.float8_e4m3fn)\n"
+        "ckpt.save(sys.argv[2], t)\n"
+        "again = ckpt.load(sys.argv[2])\n"
+        "for key in ('w', 'b'):\n"
+        "    a, b = t['params'][key], again['params'][key]\n"
+        "    assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key\n"
+        "assert again['f8'].dtype == t['f8'].dtype and again['f8'].tobytes() == t['f8'].tobytes()\n"
+        "template = {'f8': np.zeros(6, ml_dtypes.float8_e4m3fn)}\n"
+        "kept = template['f8']\n"
+        "ckpt.load(sys.argv[2], keys=['f8'], into=template)\n"
+        "assert template['f8'].tobytes() == t['f8'].tobytes()\n"
+        "assert 'jax' not in sys.modules, 'jax imported'\n"
+        "print(again['params']['w'].dtype, again['f8'].dtype, template['f8'] is kept)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.h5"),
+                          str(tmp_path / "again.h5")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split()[:2] == ["bfloat16", "float8_e4m3fn"]
+
+
 def test_shape_and_dtype_mismatches_name_the_key(tmp_path, train_state):
     mgr = ckpt.CheckpointManager(tmp_path)
     mgr.save(1, train_state)

@@ -257,6 +257,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             position = int(data["position"])
             if position >= len(self.data.order):
                 epoch, position = epoch + 1, 0
+            if position and keras.backend.backend() == "tensorflow":
+                # Keras' TF trainer takes one more optimizer step in an epoch that
+                # runs out of data (plain Keras: 6 batches, 7 iterations), and a
+                # resumed epoch is one that runs out early
+                warnings.warn("ckpt: resuming mid-epoch on the tensorflow backend is not "
+                              "bit-exact (an extra optimizer step at the end of the "
+                              "resumed epoch); the torch and jax backends are", stacklevel=3)
             self._resume_epoch = (epoch, position)
         elif self.step > 0:
             epoch += 1  # without the dataset, only whole epochs can be resumed
