@@ -119,6 +119,29 @@ class ResumableDataset(keras.utils.PyDataset):
         return self.x[picked], self.y[picked]
 
 
+def _snapshot(model: Any) -> dict[int, tuple[Any, Any]]:
+    """Every model and optimizer variable with a host copy of its value."""
+    variables = list(model.variables)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return {id(v): (v, np.array(keras.ops.convert_to_numpy(v.value))) for v in variables}
+
+
+def _put_back(snapshot: dict[int, tuple[Any, Any]]) -> None:
+    """Undo what Keras' TF trainer changed after the epoch's data ran out.
+
+    An epoch that runs out of data (a resumed one: Keras counted a whole epoch's
+    batches) ends, on the TensorFlow backend, with one more call of the train
+    function whose stateful ops that do not wait for the data still run: the
+    optimizer's ``iteration`` and the seed generators' state advance (plain Keras:
+    6 batches, 7 iterations; weights, slots and metrics do not move). Left so, every
+    later step would differ from an uninterrupted run's.
+    """
+    for variable, value in snapshot.values():
+        if not np.array_equal(np.asarray(keras.ops.convert_to_numpy(variable.value)), value):
+            variable.assign(value)
+
+
 def _torch_loader(data: ResumableDataset) -> Any:
     """``data`` as a torch ``DataLoader`` that never draws from torch's global RNG.
 
@@ -181,6 +204,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._restoring = False
         self._metadata: dict | None = None
         self._saved_rng: dict | None = None
+        self._runs_out = False  # this epoch was resumed: it ends by running out of data
+        self._before_overrun: dict[int, tuple[Any, Any]] | None = None
 
     def dataset(self, x: Any, y: Any = None, *, batch_size: int = 32, seed: int = 0,
                 shuffle: bool = True) -> Any:
@@ -257,13 +282,6 @@ class BackupAndRestore(keras.callbacks.Callback):
             position = int(data["position"])
             if position >= len(self.data.order):
                 epoch, position = epoch + 1, 0
-            if position and keras.backend.backend() == "tensorflow":
-                # Keras' TF trainer takes one more optimizer step in an epoch that
-                # runs out of data (plain Keras: 6 batches, 7 iterations), and a
-                # resumed epoch is one that runs out early
-                warnings.warn("ckpt: resuming mid-epoch on the tensorflow backend is not "
-                              "bit-exact (an extra optimizer step at the end of the "
-                              "resumed epoch); the torch and jax backends are", stacklevel=3)
             self._resume_epoch = (epoch, position)
         elif self.step > 0:
             epoch += 1  # without the dataset, only whole epochs can be resumed
@@ -282,6 +300,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             if start and self.data is not None:
                 self._resume_mid_epoch()
                 self.data.before_first_batch = self._put_back_rng
+                self._runs_out = keras.backend.backend() == "tensorflow"
                 self._quiet = warnings.catch_warnings()
                 self._quiet.__enter__()
                 warnings.filterwarnings("ignore", message=_RAN_OUT)
@@ -310,6 +329,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.step += 1
         if self.data is not None:
             self.data.order.position = self.data.position_after(batch)
+            if self._runs_out and self.data.order.position >= len(self.data.order):
+                self._before_overrun = _snapshot(self.model)
         if self._stop.signal is not None:
             self._save(logs, force=True)
             self.preempted = True
@@ -324,6 +345,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._quiet is not None:
             self._quiet.__exit__(None, None, None)
             self._quiet = None
+        if self._before_overrun is not None:
+            _put_back(self._before_overrun)
+        self._runs_out, self._before_overrun = False, None
         if self.save_freq == "epoch" and not self.preempted:
             self._save(logs, force=True)
 

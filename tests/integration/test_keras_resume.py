@@ -20,11 +20,7 @@ EXAMPLE = ROOT / "examples" / "keras_fit.py"
 EPOCHS = 8  # 64 batches each (fit lasts seconds); saves every 5 land mid-epoch
 TIMEOUT = 240
 # tensorflow is opt-in (not installed by the test extra): CKPT_KERAS_TF=1
-# Keras' TF trainer takes an extra optimizer step in an epoch that runs out of data,
-# as a resumed epoch does (README, Keras): expected to fail there
-TF_MID_EPOCH = pytest.mark.xfail(strict=True, reason="Keras' TF trainer: extra step")
-BACKENDS = ["torch", "jax"] + ([pytest.param("tensorflow", marks=TF_MID_EPOCH)]
-                               if os.environ.get("CKPT_KERAS_TF") else [])
+BACKENDS = ["torch", "jax"] + (["tensorflow"] if os.environ.get("CKPT_KERAS_TF") else [])
 # keras is imported only in the children: it reads KERAS_BACKEND when imported
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None,
                                 reason="needs keras")
