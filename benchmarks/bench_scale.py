@@ -138,6 +138,9 @@ def case_prune(scratch: str, repeat: int, steps: int) -> None:
 
     def next_to_old_steps() -> tuple[float, float]:
         clone_steps(directory, steps)
+        # as ckpt writers leave a directory: scanned for leftovers, marked clean
+        with fsutil.writer_lock(directory, None):
+            fsutil.remove_leftovers(directory)
         mgr = ckpt.CheckpointManager(directory, keep=ckpt.KeepLast(3))
         deleting = [0.0]
         prune = mgr._prune

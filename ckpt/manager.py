@@ -445,6 +445,8 @@ class CheckpointManager:
             # The new step is committed and safe; the next save prunes again (and
             # clears a half-deleted trash directory), so this is no reason to report
             # the save itself as failed.
+            if self.store.local:
+                fsutil.mark_unclean(self.root)  # a .trash- directory may be left
             warnings.warn(f"ckpt: could not delete steps {[i.step for i in doomed]} "
                           f"({self.directory}): {error}", stacklevel=4)
             log.warning("could not delete steps %s: %s", [i.step for i in doomed], error)

@@ -127,3 +127,48 @@ def test_records_after_a_forgotten_one_keep_their_own_details(tmp_path):
         (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
     assert [(i.step, i.metrics["loss"]) for i in ckpt.CheckpointManager(tmp_path).infos()] == [
         (1, 1 / 2), (3, 1 / 4), (4, 1 / 5)]
+
+
+def test_the_leftover_scan_is_skipped_only_while_the_directory_is_as_left(tmp_path, monkeypatch):
+    """A writer records the directory clean (.ckpt-clean); a later one skips its scan
+    for leftovers while the directory's inode, mtime, ctime and link count match, and
+    scans when a dead writer changed it, after an error it went on from, and every
+    FULL_SCAN_EVERY writes whatever the mark says."""
+    from ckpt import fsutil
+
+    scans = []
+    real_scan = fsutil._leftover_names
+    monkeypatch.setattr(fsutil, "_leftover_names", lambda d: scans.append(d) or real_scan(d))
+    state = {"w": np.ones(4, np.float32)}
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(2))
+    mgr.save(1, state)  # no mark yet: scans, then leaves one
+    assert (tmp_path / fsutil.CLEAN_NAME).exists() and len(scans) == 1
+    for step in (2, 3, 4):
+        mgr.save(step, state)
+    assert len(scans) == 1, "a clean directory was scanned again"
+
+    # a writer that died mid-save: its temporary directory changes the directory
+    (tmp_path / ".tmp-step_5-host-1-dead").mkdir()
+    mgr.save(5, state)
+    assert len(scans) == 2 and not (tmp_path / ".tmp-step_5-host-1-dead").exists()
+
+    # a leftover the mark does not show (as a clock too coarse to see a change
+    # would leave it: the mark rewritten after it) goes with the periodic full scan
+    (tmp_path / ".tmp-x").write_bytes(b"left")
+    fsutil._write_clean_mark(str(tmp_path), 0)
+    step = 6
+    while (tmp_path / ".tmp-x").exists():
+        mgr.save(step, state)
+        step += 1
+        assert step <= 6 + fsutil.FULL_SCAN_EVERY + 1, "the periodic scan never came"
+    assert len(scans) == 3
+
+    # pruning failed and the save went on: a .trash- directory may be left
+    monkeypatch.setattr(mgr.store, "remove_steps", lambda paths: (_ for _ in ()).throw(
+        PermissionError("denied")))
+    with pytest.warns(UserWarning, match="could not delete steps"):
+        mgr.save(step, state)
+    monkeypatch.undo()
+    monkeypatch.setattr(fsutil, "_leftover_names", lambda d: scans.append(d) or real_scan(d))
+    mgr.save(step + 1, state)
+    assert len(scans) == 4, "the writer after a swallowed error did not scan"

@@ -40,8 +40,8 @@ def test_listing_and_schedule(tmp_path, small_state):
     assert mgr.save(31, small_state, force=True)
     assert mgr.should_save(40) and not mgr.should_save(41)
     # .ckpt-listing: the listing cache writers leave (issue 15)
-    assert sorted(os.listdir(tmp_path)) == [".ckpt-listing", ".ckpt.lock", "step_0", "step_10",
-                                            "step_20", "step_30", "step_31"]
+    assert sorted(os.listdir(tmp_path)) == [".ckpt-clean", ".ckpt-listing", ".ckpt.lock", "step_0",
+                                            "step_10", "step_20", "step_30", "step_31"]
     assert sorted(os.listdir(tmp_path / "step_10")) == ["manifest.json", "state.h5"]
 
 
@@ -300,7 +300,8 @@ def test_leftovers_of_a_crashed_writer_are_removed_by_the_next_writer(tmp_path, 
     (tmp_path / ".trash-step_0-host-1-abc").mkdir()
     assert mgr.all_steps() == [1]
     mgr.save(2, small_state)
-    assert sorted(os.listdir(tmp_path)) == [".ckpt-listing", ".ckpt.lock", "step_1", "step_2"]
+    assert sorted(os.listdir(tmp_path)) == [".ckpt-clean", ".ckpt-listing", ".ckpt.lock", "step_1",
+                                            "step_2"]
 
 
 # ------------------------------------------------- metrics (issue 11: 6, 10)

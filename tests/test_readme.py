@@ -28,7 +28,8 @@ def test_quick_start_runs_and_restores_only_steps_it_kept(tmp_path):
     assert out[0] == "[400, 800, 900, 1000]"  # what the comment in the README says
     assert out[1] == "400"
     assert sorted(p.name for p in (tmp_path / "runs" / "exp1").iterdir()) == [
-        ".ckpt-listing", ".ckpt.lock", "step_1000", "step_400", "step_800", "step_900"]
+        ".ckpt-clean", ".ckpt-listing", ".ckpt.lock", "step_1000", "step_400", "step_800",
+        "step_900"]
 
 
 def test_lightning_example_runs_as_printed_and_model_checkpoint_writes_ckpt_files(tmp_path):

@@ -346,7 +346,9 @@ class Listing:
             self._signatures = {step: sig for step, (sig, _) in known_now.items()}
             self._details = {step: info for step, (_, info) in known_now.items()}
         except (OSError, ValueError) as error:
-            # a cache that cannot be written costs speed, not correctness
+            # a cache that cannot be written costs speed, not correctness (its
+            # temporary file may be left: the next writer scans for leftovers)
+            fsutil.mark_unclean(self.root)
             log.debug("could not write the listing cache %s: %s", self.path, error)
 
     def end_write(self) -> None:

@@ -241,8 +241,8 @@ def test_prune_dry_run_then_real(run_copy: Path) -> None:
     assert real.returncode == 0, real.stderr
     deleted = re.findall(r"^deleted step (\d+) ", real.stdout, re.M)
     assert deleted == ["10", "30"]
-    assert sorted(os.listdir(run_copy)) == [".ckpt-listing", ".ckpt.lock", "step_20", "step_40",
-                                            "step_50"]
+    assert sorted(os.listdir(run_copy)) == [".ckpt-clean", ".ckpt-listing", ".ckpt.lock", "step_20",
+                                            "step_40", "step_50"]
     assert ckpt.CheckpointManager(run_copy).all_steps() == [20, 40, 50]
 
 
