@@ -29,7 +29,7 @@ import numpy as np
 
 from ckpt import _adapters
 from ckpt._types import KeyPath, is_stateful
-from ckpt.tree import keystr
+from ckpt.tree import is_ml_dtype, keystr
 
 __all__ = ["LeafSpec", "Plan", "describe", "plan", "apply"]
 
@@ -361,7 +361,7 @@ def _adapter_mismatches(adapter: Any, template: Any, restored: Any) -> list:
 def _ml_array_of(array: np.ndarray, spec: LeafSpec) -> bool:
     """Whether ``spec`` holds the bits of an ml_dtypes array of ``array``'s dtype."""
     return (spec.kind == "jax" and spec.extra.get("dtype") == array.dtype.name
-            and type(array.dtype).__module__.startswith("ml_dtypes"))
+            and is_ml_dtype(array.dtype))
 
 
 def _fillable(array: np.ndarray, spec: LeafSpec) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "flatten",
     "unflatten",
     "encode_leaf",
+    "is_ml_dtype",
     "decode_leaf",
     "keystr",
     "select",
@@ -273,6 +274,11 @@ def _subtree(treedef: Any, key_path: KeyPath) -> Any:
 # ---------------------------------------------------------------- leaves
 
 
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """A dtype numpy lacks, registered by ``ml_dtypes`` (bfloat16, float8, int4)."""
+    return type(dtype).__module__.startswith("ml_dtypes")
+
+
 def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
     """Encode one leaf as ``(kind, array, extra)``; the array is C-contiguous.
 
@@ -281,7 +287,7 @@ def encode_leaf(value: Any, path: KeyPath) -> tuple[str, np.ndarray, dict]:
     """
     kind = type(value)
     if kind is np.ndarray or kind is np.memmap:
-        if type(value.dtype).__module__.startswith("ml_dtypes"):
+        if is_ml_dtype(value.dtype):
             from ckpt.integrations import jax as jax_adapter  # imports no jax
 
             return jax_adapter.encode_host_array(value)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from ckpt.errors import StateMismatchError
-from ckpt.tree import keystr
+from ckpt.tree import is_ml_dtype, keystr
 
 __all__ = ["stored_form", "stateful_view", "ModelState", "OptimizerState",
            "VariablesState", "VariableState", "model_variables"]
@@ -28,7 +28,7 @@ def _host(variable: Any) -> Any:
         dtype = np.dtype(variable.dtype)
     except TypeError:
         dtype = None
-    if dtype is None or dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes"):
+    if dtype is None or dtype.kind == "V" or is_ml_dtype(dtype):
         if type(value).__module__.startswith("tensorflow"):
             return value.numpy()  # an ml_dtypes array, stored with its bits
         return value  # torch and jax tensors keep their bits through their adapters

@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 
 from ckpt.template import describe
+from ckpt.tree import is_ml_dtype
 
 __all__ = ["KIND", "stored_form", "stateful_view", "encode_leaf", "encode_host_array",
-           "is_ml_dtype", "decode_leaf", "array_adapter", "mismatch", "copy_into"]
+           "decode_leaf", "array_adapter", "mismatch", "copy_into"]
 
 KIND = "jax"
 _UINT_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -109,11 +110,6 @@ def encode_leaf(value: Any, key: str) -> tuple[str, np.ndarray, dict] | None:
     return encode_host_array(np.asarray(jax.device_get(value)), extra)
 
 
-def is_ml_dtype(dtype: np.dtype) -> bool:
-    """A dtype numpy lacks, from ``ml_dtypes`` (bfloat16, float8, int4)."""
-    return dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes")
-
-
 def encode_host_array(array: np.ndarray, extra: dict | None = None
                       ) -> tuple[str, np.ndarray, dict]:
     """``("jax", C-contiguous array, extra)`` for a host array; no jax needed.
@@ -124,7 +120,7 @@ def encode_host_array(array: np.ndarray, extra: dict | None = None
     numpy array.
     """
     extra = {} if extra is None else extra
-    if is_ml_dtype(array.dtype):
+    if array.dtype.kind == "V" or is_ml_dtype(array.dtype):
         extra["dtype"] = array.dtype.name
         array = array.view(_UINT_OF_WIDTH[array.dtype.itemsize])
     # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
