@@ -72,6 +72,7 @@ def clone_steps(directory: str, count: int) -> None:
         record.update(step=step, time=record["time"] + 1, metrics={"loss": 1 / (step + 1)})
         with open(os.path.join(target, "manifest.json"), "wb") as handle:
             handle.write(json.dumps(record, separators=(",", ":")).encode())
+    time.sleep(0.1)  # the cache records manifests older than a timestamp tick (50 ms)
     ckpt.CheckpointManager(directory)._delete_steps([])
 
 

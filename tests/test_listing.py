@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +95,31 @@ def test_the_cache_lists_steps_it_lacks_and_is_rewritten_when_it_lacks_many(tmp_
     assert [i.metrics["m"] for i in ckpt.CheckpointManager(tmp_path).infos()] == list(range(80))
 
 
+def _with_valid_checksum(body: bytes, count: int, version: bytes = b"2") -> bytes:
+    import xxhash
+
+    return (b"ckpt-listing " + version + b" 0 " + str(count).encode() + b" "
+            + xxhash.xxh3_64_hexdigest(body).encode() + b"\n" + body)
+
+
+def _details_replaced(data: bytes, details: bytes) -> bytes:
+    """The cache file ``data`` with its columns (5 x 8 bytes a record) kept, its
+    details replaced, and a valid checksum."""
+    header, body = data.split(b"\n", 1)
+    count = int(header.split(b" ")[3])
+    return _with_valid_checksum(body[: 40 * count] + details, count)
+
+
 @pytest.mark.parametrize("damage_cache", [
-    lambda data: data[: len(data) // 2],                       # torn
-    lambda data: b"\0" * len(data),                            # zeroed by a crash
-    lambda data: b"garbage\n" + data,                          # not ours
-    lambda data: _with_valid_checksum(b'{"a": 1}\n[1, 2]'),    # ours in form, not in shape
-    lambda data: _with_valid_checksum(b"[[1],[1],[1],[1],[1]]\n{}"),
-], ids=["torn", "zeroed", "garbage", "shape", "details"])
+    lambda data: data[: len(data) // 2],                            # torn
+    lambda data: b"\0" * len(data),                                 # zeroed by a crash
+    lambda data: b"garbage\n" + data,                               # not ours
+    lambda data: _with_valid_checksum(b"\0" * 40, 3),               # fewer bytes than records
+    lambda data: _with_valid_checksum(b"\0" * 40, -1),              # a negative count
+    lambda data: _details_replaced(data, b"{}"),                     # details not ours
+    lambda data: _details_replaced(data, b"[1]\n[2]"),               # too few details
+    lambda data: _with_valid_checksum(b"[[1],[1],[1],[1],[1]]\n{}", 1, b"1"),  # version 1
+], ids=["torn", "zeroed", "garbage", "short", "negative", "details", "few-details", "v1"])
 def test_a_damaged_cache_file_is_ignored(tmp_path, damage_cache):
     clone_steps(tmp_path, [1, 2, 3])
     ckpt.CheckpointManager(tmp_path)._delete_steps([])  # a writer leaves the cache
@@ -111,10 +130,40 @@ def test_a_damaged_cache_file_is_ignored(tmp_path, damage_cache):
     assert [i.metrics["loss"] for i in mgr.infos()] == [1 / 2, 1 / 3, 1 / 4]
 
 
-def _with_valid_checksum(body: bytes) -> bytes:
-    import xxhash
+def test_the_cache_vouches_for_steps_with_their_records(tmp_path):
+    """The binary columns come back as written: a fresh reader's listing stats the
+    manifests and reads none of them, until one is rewritten in place."""
+    clone_steps(tmp_path, [1, 5, 12])
+    time.sleep(0.1)  # older than a timestamp tick: see the next test
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr._step_dirs()
+    assert mgr._listing.vouched([1, 5, 12]) == {1, 5, 12}
+    manifest = tmp_path / "step_5" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes())  # same bytes, same inode, new ctime
+    assert mgr._listing.vouched([1, 5, 12]) == {1, 12}
+    assert [i.metrics["loss"] for i in mgr.infos()] == [1 / 2, 1 / 6, 1 / 13]
 
-    return b"ckpt-listing 1 0 " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n" + body
+
+def test_a_manifest_younger_than_a_timestamp_tick_is_not_recorded(tmp_path):
+    """Changed in place within the tick of its last change, a manifest would keep its
+    signature: the cache records only manifests older than a tick when stat'ed."""
+    from ckpt.storage import listing
+
+    clone_steps(tmp_path, [3])
+    path = tmp_path / "step_3" / "manifest.json"
+    signature = listing.file_signature(str(path))
+    info = StepInfo(step=3, time=1.0, path=str(path.parent))
+    cache = listing.Listing(str(tmp_path))
+    changed = signature[3]
+    cache.remember(3, signature, info, changed + 10_000_000)  # 10 ms after its change
+    assert 3 not in cache._read_here
+    cache.remember(3, signature, info, changed + 1_000_000_000)
+    assert cache._read_here[3] == (signature, info)
+    whole_second = (*signature[:3], changed - changed % 1_000_000_000)  # a 1-2 s tick
+    cache._read_here.clear()
+    cache.remember(3, whole_second, info, whole_second[3] + 1_000_000_000)
+    assert 3 not in cache._read_here
 
 
 def test_records_after_a_forgotten_one_keep_their_own_details(tmp_path):
