@@ -103,11 +103,11 @@ def _with_valid_checksum(body: bytes, count: int, version: bytes = b"2") -> byte
 
 
 def _details_replaced(data: bytes, details: bytes) -> bytes:
-    """The cache file ``data`` with its columns (5 x 8 bytes a record) kept, its
+    """The cache file ``data`` with its columns (6 x 8 bytes a record) kept, its
     details replaced, and a valid checksum."""
     header, body = data.split(b"\n", 1)
     count = int(header.split(b" ")[3])
-    return _with_valid_checksum(body[: 40 * count] + details, count)
+    return _with_valid_checksum(body[: 48 * count] + details, count)
 
 
 @pytest.mark.parametrize("damage_cache", [

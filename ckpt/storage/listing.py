@@ -45,9 +45,11 @@ log = logging.getLogger("ckpt")
 LISTING_NAME = ".ckpt-listing"
 _MAGIC = b"ckpt-listing 2 "  # version 1 (JSON columns) is ignored, rewritten by a writer
 _HEADER_MAX = 128
-# a record's step and manifest signature (inode, size, mtime, ctime): binary columns,
-# little-endian, 3 ms less than JSON to parse for 10,000 steps
+# a record's step and manifest signature (inode, size, mtime, ctime), then where its
+# details end: binary columns, little-endian, 3 ms less than JSON to parse for 10,000
+# steps, and one record's details are found without splitting the others'
 _COLUMNS = ("<i8", "<u8", "<i8", "<i8", "<i8")
+_ENDS = "<u8"
 # metadata is the user's and may be megabytes: such steps are read from their manifest
 _MAX_CACHED_METADATA = 1024
 # steps a cache file may lack before a writer rewrites it (each costs a reader one
@@ -86,29 +88,28 @@ class Listing:
     """The step directories of ``root`` and the records of its cache file; one per
     manager.
 
-    The file holds a header line (magic, generation, record count, checksum), the
-    steps and their manifests' signatures as five binary columns of 64-bit integers,
-    enough to say which steps are valid, then one line of details (time, size,
-    metrics, metadata) per step, in the same order, each parsed only when a caller
-    asks for that step's info.
+    The file holds a header line (magic, generation, record count, checksum), then
+    per record, as binary columns of 64-bit integers: the step (ascending), its
+    manifest's signature (four columns: enough to say which steps are valid) and
+    where its details end; then the details (time, size, metrics, metadata as JSON),
+    each parsed only when a caller asks for that step's info.
     """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.path = os.path.join(root, LISTING_NAME)
-        self._header = b""  # of the file the records below came from
-        self._file_steps = b""  # the binary columns
-        self._file_count = 0
-        # the records: columns (steps ascending, then the four signature fields),
-        # parsed from _file_steps when needed; {step: signature} built from them when
-        # needed; the steps forget() dropped since
+        self._header = b""  # of the file the records below came from; b"" if none
+        self._unread = False  # a writer's file is read when first needed (see begin_write)
+        self._body = b""
+        self._count = 0
+        # the records, parsed from _body when needed: columns (steps ascending, then
+        # the four signature fields), {step: signature} built from them when needed
+        # (a writer's bookkeeping), the detail ends, the steps forget() dropped since
         self._cols: list[list[int]] | None = [[] for _ in _COLUMNS]
         self._sigs: dict[int, tuple] | None = {}
+        self._ends: np.ndarray | None = None
         self._forgotten: set[int] = set()
-        self._file_details: bytes = b""
-        self._detail_lines: list[bytes] | None = None  # _file_details split, when needed
-        self._positions: dict[int, int] = {}  # step -> its line in _detail_lines
-        self._details: dict[int, StepInfo] | None = None
+        self._details: dict[int, StepInfo] = {}
         self._read_here: dict[int, tuple[tuple, StepInfo]] = {}  # for write()
         self._pinned = False
         self._invalidated = False
@@ -181,8 +182,14 @@ class Listing:
         confirmed = self._confirmed if self._pinned else set()
         if confirmed or self._forgotten:
             wanted = wanted - confirmed - self._forgotten
+        columns = self._columns
+        if len(wanted) * 16 < len(columns[0]):  # a few of many (3 kept of 10,000)
+            records = [(step, *signature) for step in sorted(wanted)
+                       if (signature := self._record(step)) is not None]
+        else:
+            records = zip(*columns)
         out = []
-        for step, inode, size, mtime, ctime in zip(*self._columns):
+        for step, inode, size, mtime, ctime in records:
             if step not in wanted:
                 continue
             name = names.get(step)
@@ -222,9 +229,12 @@ class Listing:
 
     @property
     def _columns(self) -> list[list[int]]:
+        if self._unread:
+            self._unread = False
+            self._refresh()
         if self._cols is None:
-            count, block = self._file_count, self._file_steps
-            self._cols = [np.frombuffer(block, dtype, count, offset=8 * count * i).tolist()
+            count, body = self._count, self._body
+            self._cols = [np.frombuffer(body, dtype, count, offset=8 * count * i).tolist()
                           for i, dtype in enumerate(_COLUMNS)]
         return self._cols
 
@@ -237,49 +247,55 @@ class Listing:
                           if step not in forgotten}
         return self._sigs
 
-    @_signatures.setter
-    def _signatures(self, value: dict[int, tuple]) -> None:
-        """The records replaced (by a write; by none when the file is not usable)."""
-        self._sigs, self._forgotten, self._detail_lines = value, set(), None
-        self._cols = ([list(value), *map(list, zip(*value.values()))] if value
-                      else [[] for _ in _COLUMNS])
+    def _position(self, step: int) -> int | None:
+        """The index of ``step``'s record in the file (forgotten or not)."""
+        steps = self._columns[0]
+        position = bisect.bisect_left(steps, step)
+        # (a file not sorted by step, which we never write, misses: manifests are read)
+        return position if position < len(steps) and steps[position] == step else None
 
     def _record(self, step: int) -> tuple | None:
         """The recorded signature of ``step``'s manifest, without building
         :attr:`_signatures` (a fresh ``latest_step()`` needs one record)."""
-        if self._sigs is not None:
+        if self._sigs is not None and not self._unread:
             return self._sigs.get(step)
-        columns = self._columns
-        position = bisect.bisect_left(columns[0], step)
-        if step in self._forgotten or position == len(columns[0]) or columns[0][position] != step:
-            return None  # (a file not sorted by step, which we never write, misses)
-        return tuple(column[position] for column in columns[1:])
+        position = self._position(step)
+        if position is None or step in self._forgotten:
+            return None
+        return tuple(column[position] for column in self._columns[1:])
 
     def _detail(self, step: int) -> StepInfo | None:
-        # one JSON line per record, parsed on demand: a writer that keeps 3 of 10,000
-        # steps reads 3 records, not 10,000 (30 ms)
-        if self._details is None:
-            self._details = {}
+        # one record's details parsed on demand: a writer that keeps 3 of 10,000 steps
+        # reads 3 records, not 10,000 (30 ms)
         found = self._details.get(step)
         if found is not None:
             return found
-        if self._detail_lines is None:
-            lines = self._file_details.split(b"\n") if self._file_details else []
-            # the order of the file's records (forget() drops steps from the records)
-            self._positions = {step: i for i, step in enumerate(self._columns[0])}
-            self._detail_lines = lines if len(lines) == len(self._positions) else []
-        position = self._positions.get(step)
+        position = self._position(step)
         try:
-            saved_at, nbytes, metrics, metadata = json.loads(self._detail_lines[position])
+            if position is None:
+                raise IndexError(f"no record of step {step}")
+            if self._ends is None:
+                self._ends = np.frombuffer(self._body, _ENDS, self._count,
+                                           offset=8 * len(_COLUMNS) * self._count)
+            start = 8 * (len(_COLUMNS) + 1) * self._count
+            begin = start + (int(self._ends[position - 1]) if position else 0)
+            end = start + int(self._ends[position])
+            saved_at, nbytes, metrics, metadata = json.loads(self._body[begin:end])
             found = StepInfo(step=step, time=float(saved_at), metrics=dict(metrics),
                              path=os.path.join(self.root, fsutil.step_dir_name(step)),
                              nbytes=int(nbytes), metadata=metadata)
         except (ValueError, TypeError, IndexError) as error:  # not our format after all
             log.debug("ignoring the listing cache %s: %s", self.path, error)
-            self._signatures, self._details = {}, {}  # vouch for nothing from now on
+            self._drop()  # vouch for nothing from now on
             return None
         self._details[step] = found
         return found
+
+    def _drop(self) -> None:
+        """No records: the file was unreadable, or was not ours after all."""
+        self._header, self._body, self._count = b"", b"", 0
+        self._cols, self._sigs, self._ends = [[] for _ in _COLUMNS], {}, None
+        self._forgotten, self._details = set(), {}
 
     def _refresh(self) -> None:
         try:
@@ -290,33 +306,32 @@ class Listing:
         except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
             if not isinstance(error, FileNotFoundError):
                 log.debug("ignoring the listing cache %s: %s", self.path, error)
-            self._header, self._signatures, self._details = b"", {}, None
+            self._drop()
 
     def _load(self, header: bytes, body: bytes) -> None:
-        self._header, self._signatures, self._details = b"", {}, None
+        self._drop()
         if not header.startswith(_MAGIC) or not header.endswith(b"\n"):
             raise ValueError("not a listing cache")
         _generation, count, expected = header[len(_MAGIC):-1].split(b" ")
         if xxhash.xxh3_64_hexdigest(body).encode() != expected:
             raise ValueError("checksum mismatch")
         count = int(count)
-        width = 8 * len(_COLUMNS) * count
-        if count < 0 or len(body) < width:
+        if count < 0 or len(body) < 8 * (len(_COLUMNS) + 1) * count:
             raise ValueError(f"{count} records do not fit in {len(body)} bytes")
-        # parsed when first asked: a writer that prunes by step alone may never need
-        # the details; the columns are parsed by the first listing
-        self._header, self._file_steps, self._file_details = header, body[:width], body[width:]
-        self._file_count, self._cols, self._sigs = count, None, None
+        # parsed when first asked: the columns by the first listing, a record's
+        # details when its info is asked for
+        self._header, self._body, self._count = header, body, count
+        self._cols = self._sigs = None
 
     # ---------------------------------------------------------- writers
 
     def begin_write(self) -> None:
-        """Under the writer lock: read the file as it is now and keep what it says
-        until :meth:`end_write`."""
-        self._pinned = False
-        self._read_here = {}
-        self._refresh()
+        """Under the writer lock: the file as it is now is what this writer goes by
+        until :meth:`end_write`. Read when first needed: only a writer holding the
+        lock replaces it, and a save that needs no record reads none."""
         self._pinned = True
+        self._unread = True
+        self._read_here = {}
         self._invalidated = False
         self._confirmed = set()
 
@@ -324,6 +339,7 @@ class Listing:
         """Under the writer lock, before deleting or setting aside any step."""
         if self._pinned and self._invalidated:
             return  # once per write: pruning 10,000 steps must not unlink 10,000 times
+        self._columns  # noqa: B018 - what the file says, read before it is gone
         self._invalidated = self._pinned
         try:
             os.unlink(self.path)
@@ -346,6 +362,7 @@ class Listing:
         writer listed last are not in it, so that a writer next to 10,000 steps it
         keeps does not rewrite 10,000 records on every save.
         """
+        self._columns  # noqa: B018 - reads the file if this writer has not yet
         if self._invalidated or not self._header:
             return True
         uncached = sum(1 for step in self._names if step not in self._signatures)
@@ -353,6 +370,7 @@ class Listing:
 
     def forget(self, step: int) -> None:
         """Drop what is known of a step this writer removes."""
+        self._columns  # noqa: B018 - reads the file if this writer has not yet
         self._forgotten.add(step)
         if self._sigs is not None:
             self._sigs.pop(step, None)
@@ -363,28 +381,24 @@ class Listing:
         """Under the writer lock, last: the cache of the valid steps ``infos``, each
         one the cache file vouched for or one :meth:`remember` was told about."""
         try:
-            pairs, details, known_now = [], [], {}
+            records, details = [], []
             for info in infos:
                 if info.step in self._read_here:
                     signature, known = self._read_here[info.step]
-                elif info.step in self._signatures:
-                    signature, known = self._signatures[info.step], self._detail(info.step)
-                    if known is None:
-                        continue
                 else:
-                    continue
+                    signature = self._record(info.step)
+                    known = self._detail(info.step) if signature is not None else None
                 if known is not info or info.step >= 1 << 63:
                     continue  # resolved another way than the record says; or no int64
-                pairs.append([info.step, *signature])
-                details.append([info.time, info.nbytes, info.metrics, info.metadata])
-                known_now[info.step] = (tuple(signature), info)
-            columns = [list(column) for column in zip(*pairs)] or [[]] * len(_COLUMNS)
-            block = b"".join(np.array(column, dtype).tobytes()
-                             for column, dtype in zip(columns, _COLUMNS))
-            details_line = b"\n".join(json.dumps(row, separators=(",", ":"), allow_nan=False
-                                                 ).encode() for row in details)
-            body = block + details_line
-            header = (_MAGIC + uuid.uuid4().hex.encode() + b" " + str(len(pairs)).encode()
+                records.append((info.step, *signature))
+                details.append(json.dumps([info.time, info.nbytes, info.metrics, info.metadata],
+                                          separators=(",", ":"), allow_nan=False).encode())
+            columns = [list(column) for column in zip(*records)] or [[]] * len(_COLUMNS)
+            ends = np.cumsum([len(line) for line in details], dtype=_ENDS)
+            body = b"".join([*(np.array(column, dtype).tobytes()
+                               for column, dtype in zip(columns, _COLUMNS)),
+                             ends.tobytes(), *details])
+            header = (_MAGIC + uuid.uuid4().hex.encode() + b" " + str(len(records)).encode()
                       + b" " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n")
             tmp = os.path.join(self.root, fsutil.tmp_name(LISTING_NAME))
             try:
@@ -398,10 +412,11 @@ class Listing:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            # what we wrote is what the next scan reads: no need to parse it again
-            self._header, self._file_details, self._detail_lines = header, details_line, None
-            self._signatures = {step: sig for step, (sig, _) in known_now.items()}
-            self._details = {step: info for step, (_, info) in known_now.items()}
+            # what we wrote is what the next scan reads: no need to read it again
+            written = set(columns[0])
+            known_now = {info.step: info for info in infos if info.step in written}
+            self._load(header, body)
+            self._details = known_now
         except (OSError, ValueError, OverflowError) as error:
             # a cache that cannot be written costs speed, not correctness (its
             # temporary file may be left: the next writer scans for leftovers)
@@ -411,6 +426,6 @@ class Listing:
     def end_write(self) -> None:
         """Under the writer lock, in any case after :meth:`begin_write`."""
         self._pinned = False
+        self._unread = False
         self._read_here = {}
         self._confirmed = set()
-
