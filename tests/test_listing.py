@@ -221,3 +221,20 @@ def test_the_leftover_scan_is_skipped_only_while_the_directory_is_as_left(tmp_pa
     monkeypatch.setattr(fsutil, "_leftover_names", lambda d: scans.append(d) or real_scan(d))
     mgr.save(step + 1, state)
     assert len(scans) == 4, "the writer after a swallowed error did not scan"
+
+
+def test_a_few_steps_of_many_are_vouched_for_as_all_of_them_are(tmp_path):
+    """Asked about a few steps of many (a writer's kept steps), the cache looks them
+    up by bisection; the answer is what the full loop over every record gives."""
+    clone_steps(tmp_path, list(range(0, 200, 2)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    manifest = tmp_path / "step_100" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes())  # changed after the cache was written
+    mgr = ckpt.CheckpointManager(tmp_path)
+    every = mgr._step_dirs()
+    assert mgr._listing.vouched(every) == set(every) - {100}
+    assert mgr._listing.vouched([0, 98, 100, 101, 198]) == {0, 98, 198}
+    assert mgr._listing.vouched([100]) == set()
+    assert mgr._listing.info_of(198).metrics == {"loss": 1 / 199}  # its own details
+    assert mgr._listing.info_of(0).metrics == {"loss": 1.0}
