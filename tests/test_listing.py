@@ -238,3 +238,29 @@ def test_a_few_steps_of_many_are_vouched_for_as_all_of_them_are(tmp_path):
     assert mgr._listing.vouched([100]) == set()
     assert mgr._listing.info_of(198).metrics == {"loss": 1 / 199}  # its own details
     assert mgr._listing.info_of(0).metrics == {"loss": 1.0}
+
+
+def test_after_pruning_a_writer_lists_what_it_left_without_listing_again(tmp_path, monkeypatch):
+    """The directory is listed once in a save that prunes: what is left after the
+    writer's own deletions is what it listed less what it deleted, and the cache it
+    writes holds those steps."""
+    from ckpt import fsutil
+
+    clone_steps(tmp_path, list(range(1, 41)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(3))
+    listed = []
+    step_names = fsutil.step_names
+    monkeypatch.setattr(fsutil, "step_names", lambda d: listed.append(d) or step_names(d))
+    mgr.save(41, {"w": np.arange(4.0)})
+    assert len(listed) == 1
+    assert mgr.all_steps() == [39, 40, 41]  # outside the write: listed again
+    assert len(listed) == 2
+    fresh = ckpt.CheckpointManager(tmp_path)
+    assert fresh.all_steps() == [39, 40, 41]
+    # 41 is younger than a timestamp tick: read from its manifest, not recorded
+    assert fresh._listing.vouched([39, 40, 41]) == {39, 40}
+    fresh._delete_steps([39])
+    assert len(listed) == 4  # the deletion's own listing, none after it
+    assert ckpt.CheckpointManager(tmp_path).all_steps() == [40, 41]

@@ -116,6 +116,7 @@ class Listing:
         self._confirmed: set[int] = set()  # vouched for during this write
         self._dir_fd: int | None = None  # of the last scan
         self._names: dict[int, str] = {}  # step directory names, of the last scan
+        self._names_current = False  # a writer's own removals are all that changed them
         from ckpt.manifest import MANIFEST_NAME  # the format's name, not storage's
 
         self._manifest = MANIFEST_NAME
@@ -137,6 +138,8 @@ class Listing:
         """:meth:`scan`, as ``{step: name}`` in no order (no paths to build)."""
         # manifests are stat'ed relative to a descriptor of the directory: a path
         # walk of two names instead of the whole path, 30% faster for 10,000 steps
+        if self._names_current:  # see removed()
+            return dict(self._names)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             names = fsutil.step_names(fd)
@@ -331,6 +334,7 @@ class Listing:
         lock replaces it, and a save that needs no record reads none."""
         self._pinned = True
         self._unread = True
+        self._names_current = False
         self._read_here = {}
         self._invalidated = False
         self._confirmed = set()
@@ -368,14 +372,29 @@ class Listing:
         uncached = sum(1 for step in self._names if step not in self._signatures)
         return uncached > _MAX_UNCACHED
 
-    def forget(self, step: int) -> None:
-        """Drop what is known of a step this writer removes."""
+    def forget(self, steps: Iterable[int]) -> None:
+        """Drop what is known of steps this writer removes."""
         self._columns  # noqa: B018 - reads the file if this writer has not yet
-        self._forgotten.add(step)
+        steps = set(steps)
+        self._forgotten |= steps
         if self._sigs is not None:
-            self._sigs.pop(step, None)
-        self._read_here.pop(step, None)
-        self._confirmed.discard(step)
+            for step in steps:
+                self._sigs.pop(step, None)
+        for step in steps & self._read_here.keys():
+            del self._read_here[step]
+        self._confirmed -= steps
+
+    def removed(self, steps: Iterable[int]) -> None:
+        """Under the writer lock: this writer has removed the directories of ``steps``
+        (all of them). The rest of its write lists the names of its last scan less
+        these instead of listing the directory again: no writer can add a step
+        meanwhile, and an ext4 directory just emptied of 10,000 steps keeps its size,
+        so listing it again costs as much as before (0.5 ms of a save next to them)."""
+        if not self._pinned:
+            return
+        for step in steps:
+            self._names.pop(step, None)
+        self._names_current = True
 
     def write(self, infos: list[StepInfo]) -> None:
         """Under the writer lock, last: the cache of the valid steps ``infos``, each
@@ -427,5 +446,6 @@ class Listing:
         """Under the writer lock, in any case after :meth:`begin_write`."""
         self._pinned = False
         self._unread = False
+        self._names_current = False
         self._read_here = {}
         self._confirmed = set()
