@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SOAK = os.environ.get("CKPT_SOAK", "") not in ("", "0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Soak rounds run for many minutes a test: the default suite's 900 s limit on a
+    hung test (pyproject.toml) becomes 2 hours there."""
+    if SOAK:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(7200))
+
+
 def rounds(default: int, soak: int) -> int:
     """How many rounds a crash/fuzz test runs: ``default``, or ``soak`` with CKPT_SOAK=1."""
     return soak if SOAK else default
