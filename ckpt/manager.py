@@ -462,12 +462,8 @@ class CheckpointManager:
         if not doomed:
             return
         log.info("retention: deleting steps %s", [info.step for info in doomed])
-        steps = [info.step for info in doomed]
-        self._forget(*steps)
         try:
-            self.store.remove_steps([info.path for info in doomed])
-            if self._listing is not None:
-                self._listing.removed(steps)
+            self._remove_steps({info.step: info.path for info in doomed})
         except OSError as error:
             # The new step is committed and safe; the next save prunes again (and
             # clears a half-deleted trash directory), so this is no reason to report
@@ -510,6 +506,17 @@ class CheckpointManager:
             self._listing.invalidate()
             self._listing.forget(steps)
 
+    def _remove_steps(self, paths: dict[int, str]) -> None:
+        """Under the writer lock: delete the step directories ``{step: path}``,
+        forgotten first; once all are gone, the rest of the write lists what it
+        listed less these (:meth:`Listing.removed`)."""
+        if not paths:
+            return
+        self._forget(*paths)
+        self.store.remove_steps(list(paths.values()))
+        if self._listing is not None:
+            self._listing.removed(paths)
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Under the writer lock: the listing cache rewritten once the work is done."""
@@ -537,11 +544,7 @@ class CheckpointManager:
             with self.store.writer_lock(self.root, self.lock_timeout), self._writing():
                 present = self._step_dirs()
                 doomed = [step for step in steps if step in present]
-                if doomed:
-                    self._forget(*doomed)
-                    self.store.remove_steps([present[step] for step in doomed])
-                    if self._listing is not None:
-                        self._listing.removed(doomed)
+                self._remove_steps({step: present[step] for step in doomed})
         except PermissionError as error:
             if isinstance(error, CheckpointError):
                 raise

@@ -377,12 +377,11 @@ class Listing:
         self._columns  # noqa: B018 - reads the file if this writer has not yet
         steps = set(steps)
         self._forgotten |= steps
-        if self._sigs is not None:
-            for step in steps:
-                self._sigs.pop(step, None)
-        for step in steps & self._read_here.keys():
-            del self._read_here[step]
         self._confirmed -= steps
+        for step in steps:
+            self._read_here.pop(step, None)
+            if self._sigs is not None:
+                self._sigs.pop(step, None)
 
     def removed(self, steps: Iterable[int]) -> None:
         """Under the writer lock: this writer has removed the directories of ``steps``
