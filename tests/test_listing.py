@@ -264,3 +264,45 @@ def test_after_pruning_a_writer_lists_what_it_left_without_listing_again(tmp_pat
     fresh._delete_steps([39])
     assert len(listed) == 4  # the deletion's own listing, none after it
     assert ckpt.CheckpointManager(tmp_path).all_steps() == [40, 41]
+
+
+def test_a_writer_drops_the_records_of_the_steps_it_pruned_with_them(tmp_path, monkeypatch):
+    """Pruning most steps drops their records right away (not in the cache rewrite
+    that ends the save); the records kept still vouch, with their own details, and
+    the cache written afterwards holds exactly the steps that are left."""
+    clone_steps(tmp_path, list(range(1, 41)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(3))
+    listing = mgr._listing
+    seen = {}
+    removed = listing.removed
+
+    def removed_then_look(steps):
+        removed(steps)
+        seen.update(count=listing._count, forgotten=set(listing._forgotten),
+                    vouched=listing.vouched([39, 40]),
+                    loss={step: listing.info_of(step).metrics["loss"] for step in (39, 40)})
+
+    monkeypatch.setattr(listing, "removed", removed_then_look)
+    mgr.save(41, {"w": np.arange(4.0)})
+    assert seen["count"] == 2 and seen["forgotten"] == set()  # 38 records dropped
+    assert seen["vouched"] == {39, 40}
+    assert seen["loss"] == {39: 1 / 40, 40: 1 / 41}
+    fresh = ckpt.CheckpointManager(tmp_path)
+    assert [i.step for i in fresh.infos()] == [39, 40, 41]
+    assert fresh._listing._count == 2  # 41 is too young to be recorded
+    assert fresh._listing.vouched([39, 40, 41]) == {39, 40}
+
+
+def test_after_deleting_a_few_of_many_steps_the_cache_vouches_for_the_rest(tmp_path):
+    """Deleting 2 of 40 steps (the other records kept as they are, the 2 forgotten):
+    the cache written afterwards vouches for the 38 left."""
+    clone_steps(tmp_path, list(range(1, 41)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr._delete_steps([1, 2])
+    fresh = ckpt.CheckpointManager(tmp_path)
+    assert fresh.all_steps() == list(range(3, 41))
+    assert fresh._listing.vouched(range(3, 41)) == set(range(3, 41))
