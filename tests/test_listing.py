@@ -273,6 +273,7 @@ def test_a_writer_drops_the_records_of_the_steps_it_pruned_with_them(tmp_path, m
     clone_steps(tmp_path, list(range(1, 41)))
     time.sleep(0.1)
     ckpt.CheckpointManager(tmp_path)._delete_steps([])
+    (tmp_path / "step_99999999999999999999").mkdir()  # no int64: never recorded
     mgr = ckpt.CheckpointManager(tmp_path, keep=ckpt.KeepLast(3))
     listing = mgr._listing
     seen = {}
@@ -289,6 +290,7 @@ def test_a_writer_drops_the_records_of_the_steps_it_pruned_with_them(tmp_path, m
     assert seen["count"] == 2 and seen["forgotten"] == set()  # 38 records dropped
     assert seen["vouched"] == {39, 40}
     assert seen["loss"] == {39: 1 / 40, 40: 1 / 41}
+    assert (tmp_path / "step_99999999999999999999").is_dir()
     fresh = ckpt.CheckpointManager(tmp_path)
     assert [i.step for i in fresh.infos()] == [39, 40, 41]
     assert fresh._listing._count == 2  # 41 is too young to be recorded

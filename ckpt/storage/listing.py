@@ -409,7 +409,7 @@ class Listing:
         """
         count, body, names, forgotten = self._count, self._body, self._names, self._forgotten
         steps = np.frombuffer(body, _COLUMNS[0], count)
-        present = np.fromiter(names, np.int64, len(names))
+        present = np.array([step for step in names if step < 1 << 63], np.int64)
         keep = [int(position) for position in np.flatnonzero(np.isin(steps, present))
                 if int(steps[position]) not in forgotten]
         columns = [np.frombuffer(body, dtype, count, offset=8 * count * i)[keep]
