@@ -527,7 +527,9 @@ class CheckpointManager:
         try:
             yield
             if self._listing.stale():
-                self._listing.write(self.infos())
+                # the valid steps, those the cache vouched for as True: their records
+                # are carried over without reading their details (infos() would)
+                self._listing.write(self._scan(self._info, None)[0])
         finally:
             self._listing.end_write()
 

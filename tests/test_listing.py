@@ -308,3 +308,30 @@ def test_after_deleting_a_few_of_many_steps_the_cache_vouches_for_the_rest(tmp_p
     fresh = ckpt.CheckpointManager(tmp_path)
     assert fresh.all_steps() == list(range(3, 41))
     assert fresh._listing.vouched(range(3, 41)) == set(range(3, 41))
+
+
+def test_a_rewrite_carries_vouched_records_over_unparsed_and_merges_new_ones(
+        tmp_path, monkeypatch):
+    """A writer that must rewrite the cache (it deleted a step) copies the records
+    the file vouched for as they are, without parsing their details, and merges the
+    steps it read from their manifests in step order: a fresh reader then vouches
+    for every step, each with its own time and metric."""
+    from ckpt.storage import listing
+
+    clone_steps(tmp_path, list(range(2, 41, 2)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])  # records 2, 4, ..., 40
+    clone_steps(tmp_path, [3, 15, 41])  # not in the cache: read from their manifests
+    time.sleep(0.1)
+    parsed = []
+    detail = listing.Listing._detail
+    monkeypatch.setattr(listing.Listing, "_detail",
+                        lambda self, step: parsed.append(step) or detail(self, step))
+    ckpt.CheckpointManager(tmp_path)._delete_steps([2])
+    assert parsed == []
+    monkeypatch.undo()
+    fresh = ckpt.CheckpointManager(tmp_path)
+    expected = [*range(4, 41, 2), 3, 15, 41]
+    assert [(i.step, i.metrics["loss"], i.time) for i in fresh.infos()] == [
+        (step, 1.0 / (step + 1), 1.7e9 + step) for step in sorted(expected)]
+    assert fresh._listing.vouched(expected) == set(expected)
