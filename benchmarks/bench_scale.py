@@ -104,7 +104,7 @@ def rotating(variants: dict[str, Callable[[], float]], repeat: int) -> dict[str,
 
 
 def row(label: str, seconds: float, baseline: float | None = None, note: str = "") -> None:
-    ratio = f"{baseline / seconds:8.1f}x" if baseline else " " * 9
+    ratio = f"{baseline / seconds:8.2f}x" if baseline else " " * 9
     print(f"  {label:46} {seconds * 1000:10.1f} ms {ratio}  {note}")
 
 
@@ -148,11 +148,14 @@ def case_prune(scratch: str, repeat: int, steps: int) -> None:
     directory = os.path.join(scratch, "prune")
     state = {"w": np.ones(16, np.float32), "step": 1}
 
-    def next_to_old_steps() -> tuple[float, float]:
+    def next_to_old_steps() -> tuple[float, float, float]:
         clone_steps(directory, steps)
         # as ckpt writers leave a directory: scanned for leftovers, marked clean
         with fsutil.writer_lock(directory, None):
             fsutil.remove_leftovers(directory)
+        settle()
+        # first a save that keeps them all (the default policy), then one that prunes
+        keep_all = timed(lambda: ckpt.CheckpointManager(directory).save(steps + 1, state))
         settle()
         mgr = ckpt.CheckpointManager(directory, keep=ckpt.KeepLast(3))
         deleting = [0.0]
@@ -164,14 +167,14 @@ def case_prune(scratch: str, repeat: int, steps: int) -> None:
             deleting[0] += time.perf_counter() - started
 
         mgr._prune = timed_prune
-        total = timed(lambda: mgr.save(steps, state))
+        total = timed(lambda: mgr.save(steps + 2, state))
         assert len(os.listdir(directory)) < 10, "the old steps were not pruned"
-        return total - deleting[0], deleting[0]
+        return total - deleting[0], deleting[0], keep_all
 
-    def into_empty() -> float:
+    def into_empty(keep: ckpt.Policy | None = None) -> float:
         shutil.rmtree(directory, ignore_errors=True)
         settle()  # as the other case
-        mgr = ckpt.CheckpointManager(directory, keep=ckpt.KeepLast(3))
+        mgr = ckpt.CheckpointManager(directory, keep=keep)
         return timed(lambda: mgr.save(1, state))
 
     def fsync_each() -> float:
@@ -188,13 +191,15 @@ def case_prune(scratch: str, repeat: int, steps: int) -> None:
 
         return timed(delete_all)
 
-    pruned: list[tuple[float, float]] = []
+    pruned: list[tuple[float, float, float]] = []
     results = rotating({
         "old": lambda: pruned.append(next_to_old_steps()) or pruned[-1][0],
-        "empty": into_empty,
+        "empty": lambda: into_empty(ckpt.KeepLast(3)),
+        "empty_all": into_empty,
         "fsync_each": fsync_each,
     }, repeat)
-    deleting = statistics.median(d for _, d in pruned)
+    deleting = statistics.median(d for _, d, _ in pruned)
+    keep_all = statistics.median(k for _, _, k in pruned)
     print(f"\nsaving with KeepLast(3) next to {steps:,} old steps (x = how much faster "
           "than the baseline)")
     row("save into an empty directory (baseline)", results["empty"])
@@ -203,6 +208,9 @@ def case_prune(scratch: str, repeat: int, steps: int) -> None:
     row(f"  its pruning: {steps - 2:,} steps checked, deleted", deleting,
         results["fsync_each"], f"baseline: deleting with an fsync each, "
         f"{results['fsync_each']:.1f} s")
+    row("save into an empty directory, KeepAll (baseline)", results["empty_all"])
+    row(f"save next to {steps:,} old steps, KeepAll", keep_all, results["empty_all"],
+        "the default policy: nothing to prune")
 
 
 def case_small_leaves(scratch: str, repeat: int, steps: int) -> None:

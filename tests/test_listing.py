@@ -335,3 +335,37 @@ def test_a_rewrite_carries_vouched_records_over_unparsed_and_merges_new_ones(
     assert [(i.step, i.metrics["loss"], i.time) for i in fresh.infos()] == [
         (step, 1.0 / (step + 1), 1.7e9 + step) for step in sorted(expected)]
     assert fresh._listing.vouched(expected) == set(expected)
+
+
+def test_a_keep_all_save_lists_once_stats_nothing_and_still_refreshes_the_cache(
+        tmp_path, monkeypatch):
+    """Under KeepAll (the default) a save has nothing to prune: it neither stats the
+    old steps' manifests nor parses any record, and lists the directory once, to
+    see how many steps the cache lacks; more than _MAX_UNCACHED of them and the
+    cache is written again, so that readers stat instead of reading manifests."""
+    from ckpt import fsutil
+    from ckpt.storage import listing
+
+    clone_steps(tmp_path, list(range(1, 11)))
+    time.sleep(0.1)
+    ckpt.CheckpointManager(tmp_path)._delete_steps([])  # records 1..10
+    state = {"w": np.arange(4.0)}
+    listed, stats = [], []
+    step_names, vouched = fsutil.step_names, listing.Listing.vouched
+    monkeypatch.setattr(fsutil, "step_names", lambda d: listed.append(d) or step_names(d))
+    monkeypatch.setattr(listing.Listing, "vouched",
+                        lambda self, steps: stats.append(1) or vouched(self, steps))
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(11, state)
+    assert len(listed) == 1 and stats == []
+    header = (tmp_path / listing.LISTING_NAME).read_bytes().split(b"\n")[0]
+
+    clone_steps(tmp_path, list(range(100, 100 + listing._MAX_UNCACHED)))
+    time.sleep(0.1)
+    mgr.save(12, state)  # 64 + 11, 12 uncached: 66 (11 was too young to record)
+    assert (tmp_path / listing.LISTING_NAME).read_bytes().split(b"\n")[0] != header
+    monkeypatch.undo()
+    fresh = ckpt.CheckpointManager(tmp_path)
+    old = [*range(1, 12), *range(100, 100 + listing._MAX_UNCACHED)]
+    assert fresh.all_steps() == sorted([*old, 12])
+    assert fresh._listing.vouched(old) == set(old)

@@ -117,6 +117,7 @@ class Listing:
         self._dir_fd: int | None = None  # of the last scan
         self._names: dict[int, str] = {}  # step directory names, of the last scan
         self._names_current = False  # a writer's own removals are all that changed them
+        self._listed_in_write = False  # whether this write has listed the directory
         from ckpt.manifest import MANIFEST_NAME  # the format's name, not storage's
 
         self._manifest = MANIFEST_NAME
@@ -148,6 +149,7 @@ class Listing:
             raise
         self._close_dir()
         self._dir_fd, self._names = fd, names
+        self._listed_in_write = self._pinned
         if not self._pinned:
             self._refresh()
         return names
@@ -335,6 +337,7 @@ class Listing:
         self._pinned = True
         self._unread = True
         self._names_current = False
+        self._listed_in_write = False
         self._read_here = {}
         self._invalidated = False
         self._confirmed = set()
@@ -369,8 +372,14 @@ class Listing:
         self._columns  # noqa: B018 - reads the file if this writer has not yet
         if self._invalidated or not self._header:
             return True
-        uncached = sum(1 for step in self._names if step not in self._signatures)
-        return uncached > _MAX_UNCACHED
+        if not self._listed_in_write:  # a save that pruned nothing (KeepAll) lists here
+            try:
+                self.scan_names()
+            except OSError as error:  # then the cache is not rewritten: speed, not truth
+                log.debug("could not list %s: %s", self.root, error)
+                return False
+        recorded = set(self._columns[0]) - self._forgotten
+        return len(self._names.keys() - recorded) > _MAX_UNCACHED
 
     def forget(self, steps: Iterable[int]) -> None:
         """Drop what is known of steps this writer removes."""
@@ -394,7 +403,8 @@ class Listing:
         steps = set(steps)
         for step in steps:
             self._names.pop(step, None)
-        self._names_current = True
+        # (names listed before this write began may lack steps committed since)
+        self._names_current = self._listed_in_write
         if self._count and not self._unread and 2 * len(steps) >= self._count:
             self._compact()
 
@@ -502,6 +512,6 @@ class Listing:
         """Under the writer lock, in any case after :meth:`begin_write`."""
         self._pinned = False
         self._unread = False
-        self._names_current = False
+        self._names_current = self._listed_in_write = False
         self._read_here = {}
         self._confirmed = set()
