@@ -85,6 +85,14 @@ def _settled(signature: tuple, checked_at: int) -> bool:
     return changed < checked_at - tick
 
 
+def _encoded(columns: list[np.ndarray], details: list[bytes]) -> bytes:
+    """A cache file's body: the records' columns, where each one's details end, the
+    details."""
+    ends = np.cumsum([len(line) for line in details], dtype=_ENDS)
+    return b"".join([*(np.ascontiguousarray(column, dtype).tobytes()
+                       for column, dtype in zip(columns, _COLUMNS)), ends.tobytes(), *details])
+
+
 class Listing:
     """The step directories of ``root`` and the records of its cache file; one per
     manager.
@@ -418,24 +426,15 @@ class Listing:
         the save (1 ms of a save that prunes 9,998 steps). The records kept are
         those of the file, so what the writer vouches for does not change.
         """
-        count, body, names, forgotten = self._count, self._body, self._names, self._forgotten
-        steps = np.frombuffer(body, _COLUMNS[0], count)
-        present = np.array([step for step in names if step < 1 << 63], np.int64)
-        keep = [int(position) for position in np.flatnonzero(np.isin(steps, present))
-                if int(steps[position]) not in forgotten]
-        columns = [np.frombuffer(body, dtype, count, offset=8 * count * i)[keep]
-                   for i, dtype in enumerate(_COLUMNS)]
-        ends = np.frombuffer(body, _ENDS, count, offset=8 * len(_COLUMNS) * count)
-        start = 8 * (len(_COLUMNS) + 1) * count
-        details = [body[start + (int(ends[p - 1]) if p else 0):start + int(ends[p])]
-                   for p in keep]
-        new_ends = np.cumsum([len(line) for line in details], dtype=_ENDS)
-        self._body = b"".join([*(column.tobytes() for column in columns),
-                               new_ends.tobytes(), *details])
-        self._count = len(keep)
+        steps = np.frombuffer(self._body, _COLUMNS[0], self._count)
+        present = np.array([step for step in self._names if step < 1 << 63], np.int64)
+        kept = [step for step in steps[np.isin(steps, present)].tolist()
+                if step not in self._forgotten]
+        self._body = _encoded(*self._carry(kept))
+        self._count = len(kept)
         self._cols = self._sigs = self._ends = None
-        kept = {int(steps[position]) for position in keep}
-        self._details = {step: info for step, info in self._details.items() if step in kept}
+        left = set(kept)
+        self._details = {step: info for step, info in self._details.items() if step in left}
         self._forgotten = set()  # none of them has a record any more
 
     def write(self, valid: dict[int, StepInfo | bool]) -> None:
@@ -457,10 +456,7 @@ class Listing:
                 infos = {step: valid[step] for step, *_ in fresh}
                 details = [details[i] if i < len(carried) else self._dumped(infos[step])
                            for i, step in zip(order.tolist(), columns[0].tolist())]
-            ends = np.cumsum([len(line) for line in details], dtype=_ENDS)
-            body = b"".join([*(np.ascontiguousarray(column, dtype).tobytes()
-                               for column, dtype in zip(columns, _COLUMNS)),
-                             ends.tobytes(), *details])
+            body = _encoded(columns, details)
             header = (_MAGIC + uuid.uuid4().hex.encode() + b" " + str(len(details)).encode()
                       + b" " + xxhash.xxh3_64_hexdigest(body).encode() + b"\n")
             tmp = os.path.join(self.root, fsutil.tmp_name(LISTING_NAME))
